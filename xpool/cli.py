@@ -1,0 +1,163 @@
+"""The `xpool` command: the same verbs the Makefile and the notebooks use.
+
+Heavy modules (torch, open_clip, decord) are imported inside each handler so that `xpool --help`
+is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from xpool.errors import XPoolError
+
+PROFILE_HELP = "a profile name from xpool/profiles/ (e.g. smoke, embedded, paper-msrvtt9k) or a YAML path"
+OVERRIDE_HELP = "dotted key=value overrides, e.g. train.epochs=1 model.pooling=mean"
+
+
+def _config(args: argparse.Namespace):
+    from xpool.config import load_config
+
+    return load_config(args.profile, args.overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from xpool.data.synthetic import ensure_corpus
+    from xpool.pretrain import ensure_pretrained
+    root = ensure_corpus(cfg)
+    print(f"synthetic corpus: {root}")
+    if cfg.model.pretrained == "synthetic" and not args.no_pretrain:
+        ckpt = ensure_pretrained(cfg)
+        print(f"pretrained tiny CLIP: {ckpt}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from xpool.data.download import download_corpus
+
+    download_corpus(args.corpus, args.root)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from xpool.data.prepare import compress_videos
+
+    report = compress_videos(args.root, out_root=args.out, fps=args.fps, short_side=args.short_side,
+                             workers=args.workers)
+    print(report)
+    return 0
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from xpool.features import extract_features
+    for split in args.splits:
+        path = extract_features(cfg, split)
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from xpool.engine import train
+    record = train(cfg, resume=args.resume)
+    print(f"run record: {record.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from xpool.engine import evaluate_checkpoint
+    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
+    for direction, metrics in result.items():
+        print(direction, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from xpool.reproduce import reproduce
+
+    return reproduce(args.profile, fresh=args.fresh, figures_only=args.figures_only)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from xpool.benchmarks import run_benchmarks
+
+    return run_benchmarks(quick=args.quick, only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `xpool` command."""
+    parser = argparse.ArgumentParser(
+        prog="xpool",
+        description="X-Pool reproducibility study: data, training, evaluation, reports.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_profile(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("profile", help=PROFILE_HELP)
+        p.add_argument("overrides", nargs="*", default=[], help=OVERRIDE_HELP)
+        return p
+
+    p = with_profile(sub.add_parser("synth", help="generate the synthetic corpus and pretrain the tiny CLIP"))
+    p.add_argument("--no-pretrain", action="store_true", help="only generate the corpus")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("download", help="download a real corpus (msrvtt, msvd) into --root")
+    p.add_argument("corpus", choices=["msrvtt", "msvd", "lsmdc"])
+    p.add_argument("--root", required=True, help="corpus root directory (e.g. data/msrvtt)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", help="prepare videos (compress: re-encode to 3 fps, short side 224)")
+    p.add_argument("action", choices=["compress"])
+    p.add_argument("--root", required=True, help="corpus root whose videos/ to re-encode")
+    p.add_argument("--out", default=None, help="output root (default: see README)")
+    p.add_argument("--fps", type=int, default=3)
+    p.add_argument("--short-side", type=int, default=224)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_prepare)
+
+    p = with_profile(sub.add_parser("extract-features", help="cache frozen CLIP features of a corpus"))
+    p.add_argument("--splits", nargs="+", default=["train", "test"], help="splits to extract")
+    p.set_defaults(func=cmd_extract_features)
+
+    p = with_profile(sub.add_parser("train", help="train a retrieval model from a profile"))
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.set_defaults(func=cmd_train)
+
+    p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint"))
+    p.add_argument("--checkpoint", required=True, help="path to a checkpoint (.pt)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reproduce", help="run every notebook of a profile with papermill")
+    p.add_argument("profile", nargs="?", default="embedded", help=PROFILE_HELP)
+    p.add_argument("--fresh", action="store_true", help="recompute finished runs")
+    p.add_argument("--figures-only", action="store_true",
+                   help="re-render tables and figures from saved runs, no training")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="run the performance benchmarks under bench/")
+    p.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
+    p.add_argument("--only", nargs="*", default=None, help="names of benchmarks to run")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `xpool` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except XPoolError as e:
+        print(f"xpool {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xpool {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
