@@ -61,7 +61,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from xpool.engine import train
+    from xpool.train import train
     record = train(cfg, resume=args.resume)
     print(f"run record: {record.run_dir}")
     return 0
@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from xpool.engine import evaluate_checkpoint
+    from xpool.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
     for direction, metrics in result.items():
         print(direction, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))

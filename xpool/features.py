@@ -1,0 +1,156 @@
+"""Frozen-feature mode: run the frozen CLIP once over a corpus, train only pooling heads after.
+
+`extract_features(cfg, split)` embeds every video (uniform frames, test transform) and caption of
+a split with the frozen backbone and stores them in fp16, one file per split holding an index
+(video ids, captions, caption -> video). It works in shards written atomically, so an interrupted
+extraction resumes where it stopped. This is the CPU-feasible way to compare pooling strategies
+on real corpora: extraction is the only pass through the image tower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from xpool.config import Config
+from xpool.errors import XPoolError
+from xpool.evaluate import EvalEmbeddings
+from xpool.io import torch_save
+
+
+@dataclass
+class FeatureSet:
+    """Cached features of one split."""
+
+    video_ids: list[str]
+    frame_feats: torch.Tensor  # [V, F, D] fp16
+    texts: list[str]
+    text_feats: torch.Tensor  # [T, D] fp16
+    video_of_text: np.ndarray  # [T]
+
+    def eval_embeddings(self) -> EvalEmbeddings:
+        return EvalEmbeddings(self.text_feats.float(), self.frame_feats.float(),
+                              self.video_of_text, self.video_ids, self.texts)
+
+    @property
+    def dim(self) -> int:
+        return int(self.text_feats.shape[1])
+
+
+def features_dir(cfg: Config) -> Path:
+    """`cache/features/<corpus>-<hash>`: keyed by everything that changes the features."""
+    key = {
+        "corpus": cfg.data.corpus, "root": str(cfg.data_root.resolve()),
+        "train_list": cfg.data.train_list, "val_videos": cfg.data.val_videos,
+        "num_frames": cfg.data.num_frames, "backbone": cfg.model.backbone,
+        "pretrained": cfg.model.pretrained,
+        "pretrain": cfg.fingerprint(["pretrain"]) if cfg.model.pretrained == "synthetic" else None,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path("cache") / "features" / f"{cfg.data.corpus}-{digest}"
+
+
+def feature_path(cfg: Config, split: str) -> Path:
+    return features_dir(cfg) / f"{split}.pt"
+
+
+@torch.no_grad()
+def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bool = True,
+                     max_shards: int | None = None) -> Path:
+    """Embed `split` with the frozen backbone into the cache; returns the file's path.
+
+    Resumable: finished shards are kept and skipped. `max_shards` stops early (for tests that
+    simulate an interruption); the merged file is only written once every shard exists.
+    """
+    from xpool.data.datasets import EvalSet, VideoClipDataset
+    from xpool.data.transforms import VideoTransform
+    from xpool.evaluate import embed_texts, embed_videos
+    from xpool.model.backbone import build_backbone
+    from xpool.model.pooling import build_pooling
+    from xpool.model.retrieval import RetrievalModel
+    from xpool.pretrain import resolve_pretrained
+    from xpool.train import load_split, pick_device
+
+    out = feature_path(cfg, split)
+    if out.is_file():
+        return out
+    device = pick_device()
+    corpus = load_split(cfg, split)
+    es = EvalSet(corpus)
+    backbone = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
+    model = RetrievalModel(backbone, build_pooling("mean", backbone.embed_dim))
+    model.to(device).eval()
+    transform = VideoTransform(backbone.image_size, backbone.image_mean, backbone.image_std,
+                               train=False)
+    parts = out.parent / f"{split}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    paths = [corpus.videos[v] for v in es.video_ids]
+    n_shards = (len(paths) + shard_size - 1) // shard_size
+    done = 0
+    for i in tqdm(range(n_shards), desc=f"extract {split} features", disable=not progress):
+        shard = parts / f"videos_{i:05d}.pt"
+        if shard.is_file():
+            continue
+        if max_shards is not None and done >= max_shards:
+            return out  # interrupted on purpose; the next call resumes
+        clips = VideoClipDataset(paths[i * shard_size : (i + 1) * shard_size], transform,
+                                 cfg.data.num_frames)
+        feats = embed_videos(model, clips, cfg.eval.batch_size, device, cfg.data.num_workers)
+        torch_save(feats.half(), shard)
+        done += 1
+    text_shard = parts / "texts.pt"
+    if not text_shard.is_file():
+        torch_save(embed_texts(model, es.texts, cfg.eval.batch_size, device).half(), text_shard)
+    frames = torch.cat([torch.load(parts / f"videos_{i:05d}.pt") for i in range(n_shards)])
+    torch_save({"video_ids": list(es.video_ids), "frame_feats": frames, "texts": list(es.texts),
+                "text_feats": torch.load(text_shard),
+                "video_of_text": torch.from_numpy(np.asarray(es.video_of_text)),
+                "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained}, out)
+    shutil.rmtree(parts)
+    return out
+
+
+def load_features(cfg: Config, split: str) -> FeatureSet:
+    """The cached features of a split; a clear error when they were never extracted."""
+    path = feature_path(cfg, split)
+    if not path.is_file():
+        raise XPoolError(
+            f"no cached features for split '{split}' at {path}; run "
+            f"`xpool extract-features {cfg.profile} --splits {split}` first"
+        )
+    d = torch.load(path, map_location="cpu", weights_only=False)
+    return FeatureSet(d["video_ids"], d["frame_feats"], d["texts"], d["text_feats"],
+                      d["video_of_text"].numpy())
+
+
+def feature_dim(cfg: Config) -> int:
+    """Embedding width of the cached features (reads the training split's file)."""
+    return load_features(cfg, "train").dim
+
+
+class FeatureTrainDataset(Dataset):
+    """Training pairs from cached features: item t is (frames of caption t's video, caption t)."""
+
+    def __init__(self, features: FeatureSet):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features.texts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        v = int(self.features.video_of_text[i])
+        return {"frame_feats": self.features.frame_feats[v].float(),
+                "text_feats": self.features.text_feats[i].float()}
+
+
+def collate_features(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack feature items into a batch."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
