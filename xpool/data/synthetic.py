@@ -1,9 +1,11 @@
 """The embedded synthetic text-video benchmark (DESIGN.md section 8).
 
 A video is a sequence of K scenes. A scene shows one object with five attributes a caption names
-(size, colour, shape, direction of motion, background pattern); the object moves across the
-frame and leaves a fading trail, so the direction is visible in a single frame, and every frame
-gets its own sensor noise, so frames are never copies. Frames are rendered with numpy and encoded
+(size, colour, shape, motion, background pattern); the object moves across the frame and leaves a
+fading trail, so the motion is visible in a single frame, and every frame gets its own sensor
+noise, so frames are never copies. Every word survives the paper's training augmentation (random
+resized crop at scale 0.5-1 and horizontal flip): motions are up, down or sideways (never left vs
+right, which a flip swaps), and the two sizes stay apart under a crop's zoom of up to 1.41x. Frames are rendered with numpy and encoded
 as real H.264 mp4 files with PyAV; annotations are written in MSR-VTT's own layout, so
 `load_msrvtt` reads the corpus unchanged.
 
@@ -24,7 +26,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -66,11 +67,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 SIZES = ("small", "large")
-MOTIONS = ("left", "right", "up", "down")
-BACKGROUNDS = ("plain", "striped", "checkered")
+MOTIONS = ("up", "down", "sideways")
+BACKGROUNDS = ("plain", "striped", "checkered", "diagonal")
 
-_SIZE_RADIUS = {"small": 0.12, "large": 0.2}  # object radius as a fraction of the resolution
-_DIRECTION = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+# Object radius as a fraction of the resolution: 0.12 * 1.41 < 0.2, so a crop never makes a small
+# object look large.
+_SIZE_RADIUS = {"small": 0.12, "large": 0.2}
+# Unit directions per motion word; "sideways" picks left or right per scene.
+_DIRECTIONS = {"up": ((0.0, -1.0),), "down": ((0.0, 1.0),), "sideways": ((-1.0, 0.0), (1.0, 0.0))}
 _TRAIL = ((0.55, 0.45), (1.1, 0.2))  # (offset in radii behind the object, opacity)
 _NOISE_SIGMA = 4.0
 
@@ -140,11 +144,14 @@ class Layout:
 
     x0: float  # object centre at t = 0, in pixels
     y0: float
+    dx: float  # unit direction of motion
+    dy: float
     travel: float  # distance covered over the scene, in pixels
     colour_jitter: tuple[float, float, float]
     bg_level: float
     bg_period: int
     bg_phase: int
+    bg_slope: int  # +1 or -1: which way diagonal stripes lean
 
 
 def sample_layout(scene: Scene, resolution: int, rng: np.random.Generator) -> Layout:
@@ -152,7 +159,8 @@ def sample_layout(scene: Scene, resolution: int, rng: np.random.Generator) -> La
     res = float(resolution)
     r = _SIZE_RADIUS[scene.size] * res
     travel = rng.uniform(0.25, 0.4) * res
-    dx, dy = _DIRECTION[scene.motion]
+    choices = _DIRECTIONS[scene.motion]
+    dx, dy = choices[int(rng.integers(len(choices)))]
     margin = r + 1.0
 
     def start(d: float) -> float:
@@ -168,11 +176,14 @@ def sample_layout(scene: Scene, resolution: int, rng: np.random.Generator) -> La
     return Layout(
         x0=x0,
         y0=y0,
+        dx=dx,
+        dy=dy,
         travel=travel,
         colour_jitter=jitter,  # type: ignore[arg-type]
         bg_level=float(rng.uniform(25, 70)),
         bg_period=period,
         bg_phase=int(rng.integers(0, period)),
+        bg_slope=int(rng.choice([-1, 1])),
     )
 
 
@@ -213,12 +224,13 @@ def _background(scene: Scene, layout: Layout, resolution: int) -> np.ndarray:
     xs, ys = _grid(resolution)
     level = np.full((resolution, resolution), layout.bg_level, dtype=np.float32)
     p = layout.bg_period
-    if scene.background == "striped":
-        on = ((ys.astype(np.int64) + layout.bg_phase) // p) % 2 == 1
-        level = level + 45.0 * on
+    ix, iy = xs.astype(np.int64), ys.astype(np.int64)
+    if scene.background == "striped":  # horizontal stripes
+        level = level + 45.0 * (((iy + layout.bg_phase) // p) % 2)
     elif scene.background == "checkered":
-        on = (((xs.astype(np.int64) + layout.bg_phase) // p + (ys.astype(np.int64) // p)) % 2) == 1
-        level = level + 45.0 * on
+        level = level + 45.0 * ((((ix + layout.bg_phase) // p) + (iy // p)) % 2)
+    elif scene.background == "diagonal":  # stripes at 45 degrees, leaning either way
+        level = level + 45.0 * (((ix + layout.bg_slope * iy + layout.bg_phase) // p) % 2)
     return np.repeat(level[:, :, None], 3, axis=2)
 
 
@@ -229,7 +241,7 @@ def render_frame(
     img = _background(scene, layout, resolution)
     xs, ys = _grid(resolution)
     r = _SIZE_RADIUS[scene.size] * resolution
-    ddx, ddy = _DIRECTION[scene.motion]
+    ddx, ddy = layout.dx, layout.dy
     cx = layout.x0 + ddx * layout.travel * t
     cy = layout.y0 + ddy * layout.travel * t
     colour = np.clip(np.asarray(COLOURS[scene.colour], np.float32) + layout.colour_jitter, 0, 255)
@@ -373,6 +385,11 @@ def _test_specs(cfg: SynthConfig, rng: np.random.Generator, first_index: int) ->
     split at every step.
     """
     k = cfg.scenes
+    if k == 1 and cfg.num_test > len(ALL_SCENES):
+        raise ConfigError(
+            f"synth.num_test={cfg.num_test} test videos cannot have unique captions with "
+            f"synth.scenes=1: only {len(ALL_SCENES)} distinct scenes exist"
+        )
     specs: list[VideoSpec] = []
     named: list[list[Scene]] = []
     max_attempts = 2000
@@ -450,11 +467,11 @@ def _encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
             container.mux(packet)
 
 
-def _render_and_write(args: tuple[VideoSpec, SynthConfig, str]) -> str:
-    spec, cfg, path = args
+def render_video(spec: VideoSpec, cfg: SynthConfig) -> np.ndarray:
+    """The frames of one video before encoding: uint8 [K * frames_per_scene, H, W, 3]."""
     # Per-video generator keyed by the video index: results do not depend on worker order.
     rng = np.random.default_rng([cfg.seed, 2, spec.index])
-    frames = np.concatenate(
+    return np.concatenate(
         [
             render_scene_frames(
                 scene,
@@ -466,6 +483,11 @@ def _render_and_write(args: tuple[VideoSpec, SynthConfig, str]) -> str:
             for scene in spec.scenes
         ]
     )
+
+
+def _render_and_write(args: tuple[VideoSpec, SynthConfig, str]) -> str:
+    spec, cfg, path = args
+    frames = render_video(spec, cfg)
     atomic_write(path, lambda p: _encode_mp4(frames, cfg.fps, p))
     return path
 
@@ -638,9 +660,3 @@ def load_meta(root: str | Path) -> dict[str, Any]:
         raise CorpusError(f"{path} not found: not a (complete) synthetic corpus")
     return read_json(path)
 
-
-def remove_corpus(root: str | Path) -> None:
-    """Delete a generated corpus directory (only if it carries a synth_meta.json)."""
-    root = Path(root)
-    if (root / META_FILE).is_file():
-        shutil.rmtree(root)
