@@ -1,0 +1,115 @@
+"""The fast exact similarity equals the plain computation (DESIGN.md section 5)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xpool.errors import XPoolError
+from xpool.metrics import t2v_ranks, v2t_ranks
+from xpool.model.pooling import build_pooling
+from xpool.similarity import plain_similarity_matrix, similarity_matrix
+
+D = 64
+
+
+def _random_weights(head: torch.nn.Module, seed: int = 0) -> None:
+    """Fully random parameters (not identity plus noise): Linear ~ N(0, 1/D), norms ~ N(1, .5)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def _inputs(num_texts=37, num_videos=23, num_frames=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    t = 2.0 * torch.randn(num_texts, D, generator=g) + 0.5
+    e = 1.5 * torch.randn(num_videos, num_frames, D, generator=g) - 0.3
+    return t, e
+
+
+HEADS = [
+    ("xpool", {"num_heads": 1}),
+    ("xpool", {"num_heads": 4}),
+    ("xpool", {"num_heads": 1, "residual": False}),
+    ("xpool", {"num_heads": 4, "residual": False}),
+    ("topk", {}),
+    ("topk", {"k": 1}),
+    ("attention", {}),
+    ("attention", {"temperature": 0.5}),
+    ("mean", {}),
+    ("self_attention", {"num_heads": 4, "num_layers": 2}),
+]
+
+
+@pytest.mark.parametrize("name,options", HEADS)
+@pytest.mark.parametrize("chunk_size", [None, 1, 5, 64])
+def test_fast_equals_plain(name, options, chunk_size):
+    head = build_pooling(name, D, **options)
+    _random_weights(head)
+    t, e = _inputs()
+    plain = plain_similarity_matrix(head, t, e, chunk_size=7)
+    fast = similarity_matrix(head, t, e, chunk_size=chunk_size)
+    assert fast.shape == (37, 23) and fast.dtype == torch.float32
+    assert (fast - plain).abs().max().item() <= 1e-5
+    # identical ranks: both protocols, with captions spread over the videos
+    video_of_text = np.arange(37) % 23
+    assert np.array_equal(t2v_ranks(fast, video_of_text), t2v_ranks(plain, video_of_text))
+    assert np.array_equal(v2t_ranks(fast, video_of_text), v2t_ranks(plain, video_of_text))
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_xpool_plain_is_the_definition(num_heads):
+    """plain_similarity_matrix is literally: forward, normalize, dot."""
+    head = build_pooling("xpool", D, num_heads=num_heads)
+    _random_weights(head, seed=3)
+    head.eval()
+    t, e = _inputs(9, 4, 3, seed=2)
+    pooled = head(t, e)  # [V, T, D]
+    expected = torch.einsum("vtd,td->tv", F.normalize(pooled, dim=-1), F.normalize(t, dim=-1))
+    fast = similarity_matrix(head, t, e)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain_similarity_matrix(head, t, e), expected, atol=1e-6, rtol=0)
+
+
+def test_eval_mode_and_state_restored():
+    head = build_pooling("xpool", D, dropout=0.5)
+    _random_weights(head)
+    head.train()
+    t, e = _inputs(6, 5, 4)
+    a = similarity_matrix(head, t, e)
+    b = plain_similarity_matrix(head, t, e)
+    assert head.training  # restored
+    assert (a - b).abs().max() <= 1e-5  # dropout was off in both
+    assert not a.requires_grad
+
+
+def test_more_videos_than_texts_and_single_frame():
+    head = build_pooling("xpool", D, num_heads=2)
+    _random_weights(head, seed=5)
+    t, e = _inputs(3, 40, 1)
+    fast = similarity_matrix(head, t, e, chunk_size=2)
+    plain = plain_similarity_matrix(head, t, e)
+    assert (fast - plain).abs().max() <= 1e-5
+
+
+def test_topk_with_k_above_frames():
+    head = build_pooling("topk", D, k=10)
+    t, e = _inputs(8, 6, 4)
+    assert (similarity_matrix(head, t, e) - plain_similarity_matrix(head, t, e)).abs().max() <= 1e-5
+
+
+def test_bad_inputs():
+    head = build_pooling("xpool", D)
+    t, e = _inputs(4, 3, 2)
+    with pytest.raises(XPoolError):
+        similarity_matrix(head, t, e[0])
+    with pytest.raises(XPoolError):
+        similarity_matrix(head, t[:, :10], e)
+    with pytest.raises(XPoolError):
+        similarity_matrix(head, t, e, chunk_size=0)

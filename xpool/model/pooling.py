@@ -1,0 +1,349 @@
+"""Frame pooling heads: how a video's frame embeddings become one embedding (DESIGN.md section 4).
+
+Every head has the same call: ``forward(text_embeds [T, D], frame_embeds [V, F, D])``.
+Text-agnostic heads (``text_conditioned = False``: ``mean``, ``self_attention``) return [V, D];
+text-conditioned heads (``text_conditioned = True``: ``topk``, ``attention``, ``xpool``) return
+[V, T, D], one pooled embedding per (video, text) pair. The similarity used for retrieval is the
+cosine between the raw text embedding and the pooled embedding (see ``xpool.similarity``).
+
+The parameter-free baselines (``mean``, ``topk``, ``attention``) work on L2-normalized frame
+embeddings (and ``topk``/``attention`` on a normalized text), as in the authors' baseline code.
+``xpool`` and ``self_attention`` take the raw (unnormalized) CLIP features.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xpool.errors import XPoolError
+
+__all__ = [
+    "POOLING_NAMES",
+    "AttentionPooling",
+    "MeanPooling",
+    "SelfAttentionPooling",
+    "TopKPooling",
+    "XPool",
+    "build_pooling",
+    "convert_authors_xpool_state_dict",
+]
+
+POOLING_NAMES = ("mean", "self_attention", "topk", "attention", "xpool")
+
+
+def _check_inputs(text_embeds: Tensor, frame_embeds: Tensor, embed_dim: int) -> None:
+    if text_embeds.dim() != 2 or text_embeds.shape[-1] != embed_dim:
+        raise XPoolError(
+            f"text_embeds must be [T, {embed_dim}], got shape {tuple(text_embeds.shape)}"
+        )
+    if frame_embeds.dim() != 3 or frame_embeds.shape[-1] != embed_dim:
+        raise XPoolError(
+            f"frame_embeds must be [V, F, {embed_dim}], got shape {tuple(frame_embeds.shape)}"
+        )
+    if frame_embeds.shape[1] == 0:
+        raise XPoolError("frame_embeds has no frames (F = 0)")
+
+
+class MeanPooling(nn.Module):
+    """Mean of the L2-normalized frame embeddings. Text-agnostic: returns [V, D]."""
+
+    text_conditioned = False
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+
+    def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        return F.normalize(frame_embeds, dim=-1).mean(dim=1)
+
+
+class SelfAttentionPooling(nn.Module):
+    """Text-agnostic temporal transformer over the frames (CLIP4Clip's seqTransf style).
+
+    Learned position embeddings are added to the frames, a pre-LN transformer encoder
+    (``num_layers`` layers, ``num_heads`` heads, GELU MLP of width 4D) runs over them, its output
+    is added back to the input frames (residual) and averaged over frames. Returns [V, D].
+    """
+
+    text_conditioned = False
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_layers: int = 4,
+        num_heads: int = 8,
+        max_frames: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise XPoolError(
+                f"self_attention: embed_dim {embed_dim} is not divisible by num_heads {num_heads}"
+            )
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.max_frames = max_frames
+        self.position_embedding = nn.Parameter(torch.empty(max_frames, embed_dim))
+        # std 0.02 (as in CLIP/BERT position tables) so that frame order matters from the start.
+        nn.init.normal_(self.position_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model=embed_dim,
+            nhead=num_heads,
+            dim_feedforward=4 * embed_dim,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(
+            layer, num_layers=num_layers, enable_nested_tensor=False
+        )
+
+    def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        num_frames = frame_embeds.shape[1]
+        if num_frames > self.max_frames:
+            raise XPoolError(
+                f"self_attention: {num_frames} frames exceed max_frames={self.max_frames}; "
+                "build the head with a larger max_frames"
+            )
+        x = frame_embeds + self.position_embedding[:num_frames].to(frame_embeds.dtype)
+        x = self.transformer(x) + frame_embeds
+        return x.mean(dim=1)
+
+
+class TopKPooling(nn.Module):
+    """Per (text, video): mean of the k normalized frames most cosine-similar to the text.
+
+    Parameter-free and text-conditioned: returns [V, T, D]. With fewer than k frames, all frames
+    are used.
+    """
+
+    text_conditioned = True
+
+    def __init__(self, embed_dim: int, k: int = 3) -> None:
+        super().__init__()
+        if int(k) < 1:
+            raise XPoolError(f"topk: k must be >= 1, got {k}")
+        self.embed_dim = embed_dim
+        self.k = int(k)
+
+    def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        t = F.normalize(text_embeds, dim=-1)
+        e = F.normalize(frame_embeds, dim=-1)
+        k = min(self.k, e.shape[1])
+        sims = torch.einsum("vfd,td->vtf", e, t)
+        idx = sims.topk(k, dim=-1).indices  # [V, T, k]
+        num_videos, num_texts = idx.shape[:2]
+        # Gather the chosen frames per pair: [V, T, k, D].
+        chosen = torch.gather(
+            e.unsqueeze(1).expand(num_videos, num_texts, -1, -1),
+            2,
+            idx.unsqueeze(-1).expand(-1, -1, -1, e.shape[-1]),
+        )
+        return chosen.mean(dim=2)
+
+
+class AttentionPooling(nn.Module):
+    """Parameter-free attention: frames weighted by softmax_f(cos(t, e_f) / temperature).
+
+    Text-conditioned: returns [V, T, D] (weighted sums of the normalized frames).
+    """
+
+    text_conditioned = True
+
+    def __init__(self, embed_dim: int, temperature: float = 0.01) -> None:
+        super().__init__()
+        if not float(temperature) > 0.0:
+            raise XPoolError(f"attention: temperature must be > 0, got {temperature}")
+        self.embed_dim = embed_dim
+        self.temperature = float(temperature)
+
+    def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        t = F.normalize(text_embeds, dim=-1)
+        e = F.normalize(frame_embeds, dim=-1)
+        weights = torch.softmax(torch.einsum("vfd,td->vtf", e, t) / self.temperature, dim=-1)
+        return torch.bmm(weights, e)
+
+
+class XPool(nn.Module):
+    """X-Pool: text-conditioned cross-attention pooling (Gorti et al., CVPR 2022).
+
+    Exactly DESIGN.md section 4::
+
+        t' = layer_norm1(t), e' = layer_norm1(e)
+        q = q_proj(t'), k = k_proj(e'), v = v_proj(e')          # num_heads heads of D/num_heads
+        a = softmax_f(q . k_f / sqrt(D/num_heads))               # per head
+        o = out_proj(concat_heads(sum_f a_f v_f))
+        y = layer_norm2(o)
+        z = layer_norm3(y + dropout(linear_proj(y)))             # residual FC
+        output: z, one vector per (video, text) pair: [V, T, D]
+
+    All five Linear layers start as the identity with zero bias, as in the authors' code.
+
+    ``residual=False`` is the ablation "without the residual FC": the whole block after
+    ``layer_norm2`` is removed, so the output is ``y = layer_norm2(o)`` and the head has no
+    ``linear_proj``, ``dropout`` or ``layer_norm3`` (those attributes are ``None``, so every
+    parameter the head owns is used and receives a gradient).
+    """
+
+    text_conditioned = True
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int = 1,
+        dropout: float = 0.3,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1 or embed_dim % num_heads != 0:
+            raise XPoolError(
+                f"xpool: embed_dim {embed_dim} must be divisible by num_heads {num_heads}"
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise XPoolError(f"xpool: dropout must be in [0, 1), got {dropout}")
+        self.embed_dim = embed_dim
+        self.num_heads = int(num_heads)
+        self.head_dim = embed_dim // self.num_heads
+        self.residual = bool(residual)
+
+        self.layer_norm1 = nn.LayerNorm(embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.layer_norm2 = nn.LayerNorm(embed_dim)
+        self.linear_proj: nn.Linear | None
+        self.dropout: nn.Dropout | None
+        self.layer_norm3: nn.LayerNorm | None
+        if self.residual:
+            self.linear_proj = nn.Linear(embed_dim, embed_dim)
+            self.dropout = nn.Dropout(float(dropout))
+            self.layer_norm3 = nn.LayerNorm(embed_dim)
+        else:
+            self.linear_proj = None
+            self.dropout = None
+            self.layer_norm3 = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Identity weights and zero biases for the Linear layers, default LayerNorms."""
+        for layer in (self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.linear_proj):
+            if layer is not None:
+                nn.init.eye_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        for norm in (self.layer_norm1, self.layer_norm2, self.layer_norm3):
+            if norm is not None:
+                norm.reset_parameters()
+
+    def attention_weights(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
+        """Attention of every text over every video's frames, per head: [V, T, H, F]."""
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        t = self.layer_norm1(text_embeds)
+        e = self.layer_norm1(frame_embeds)
+        return self._attention(t, e)[0]
+
+    def _attention(self, t: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        num_texts = t.shape[0]
+        num_videos, num_frames, _ = e.shape
+        heads, hd = self.num_heads, self.head_dim
+        q = self.q_proj(t).view(num_texts, heads, hd)
+        k = self.k_proj(e).view(num_videos, num_frames, heads, hd)
+        v = self.v_proj(e).view(num_videos, num_frames, heads, hd)
+        logits = torch.einsum("thd,vfhd->vthf", q, k) / math.sqrt(hd)
+        attn = torch.softmax(logits, dim=-1)  # [V, T, H, F]
+        pooled = torch.einsum("vthf,vfhd->vthd", attn, v)
+        return attn, pooled.reshape(num_videos, num_texts, self.embed_dim)
+
+    def forward(
+        self, text_embeds: Tensor, frame_embeds: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Pool [V, F, D] frames for every text: returns [V, T, D].
+
+        With ``return_attention=True`` also returns the attention weights averaged over heads,
+        [V, T, F] (each row sums to 1); use ``attention_weights`` for the per-head [V, T, H, F].
+        """
+        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
+        t = self.layer_norm1(text_embeds)
+        e = self.layer_norm1(frame_embeds)
+        attn, pooled = self._attention(t, e)
+        y = self.layer_norm2(self.out_proj(pooled))
+        if self.residual:
+            assert self.linear_proj is not None and self.dropout is not None
+            assert self.layer_norm3 is not None
+            y = self.layer_norm3(y + self.dropout(self.linear_proj(y)))
+        if return_attention:
+            return y, attn.mean(dim=2)
+        return y
+
+
+_POOLING_CLASSES: dict[str, type[nn.Module]] = {
+    "mean": MeanPooling,
+    "self_attention": SelfAttentionPooling,
+    "topk": TopKPooling,
+    "attention": AttentionPooling,
+    "xpool": XPool,
+}
+
+_POOLING_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mean": (),
+    "self_attention": ("num_layers", "num_heads", "max_frames", "dropout"),
+    "topk": ("k",),
+    "attention": ("temperature",),
+    "xpool": ("num_heads", "dropout", "residual"),
+}
+
+
+def build_pooling(name: str, embed_dim: int, **options: Any) -> nn.Module:
+    """Build a pooling head by name (one of ``POOLING_NAMES``) with its options.
+
+    Options: ``xpool``: num_heads=1, dropout=0.3, residual=True; ``self_attention``:
+    num_layers=4, num_heads=8, max_frames=64, dropout=0.1; ``topk``: k=3; ``attention``:
+    temperature=0.01; ``mean``: none.
+
+    Raises:
+        XPoolError: for an unknown name or option (naming the valid ones).
+    """
+    if name not in _POOLING_CLASSES:
+        raise XPoolError(
+            f"unknown pooling {name!r}; valid names: {', '.join(POOLING_NAMES)}"
+        )
+    valid = _POOLING_OPTIONS[name]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise XPoolError(
+            f"unknown option(s) {', '.join(unknown)} for pooling {name!r}; valid options: "
+            f"{', '.join(valid) if valid else '(none)'}"
+        )
+    if not isinstance(embed_dim, int) or embed_dim < 1:
+        raise XPoolError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+    return _POOLING_CLASSES[name](embed_dim, **options)
+
+
+def convert_authors_xpool_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map the authors' X-Pool head keys (``pool_frames.cross_attn.q_proj.weight``, ...) to ours.
+
+    Accepts either a whole authors' model state dict (keys under ``pool_frames.``) or the head's
+    own; keys outside the head are dropped.
+    """
+    prefix = "pool_frames."
+    has_prefix = any(key.startswith(prefix) for key in state_dict)
+    converted: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if has_prefix:
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix):]
+        if key.startswith("cross_attn."):
+            key = key[len("cross_attn."):]
+        converted[key] = value
+    return converted
