@@ -60,7 +60,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "green": (40, 190, 50),
     "blue": (45, 85, 240),
     "yellow": (235, 220, 40),
-    "cyan": (40, 215, 225),
+    "aqua": (40, 215, 225),
     "magenta": (215, 50, 215),
     "orange": (245, 135, 20),
     "white": (240, 240, 240),
@@ -68,7 +68,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 SIZES = ("small", "large")
 MOTIONS = ("up", "down", "sideways")
-BACKGROUNDS = ("plain", "striped", "checkered", "diagonal")
+BACKGROUNDS = ("plain", "stripes", "checks", "dots")
+# Short phrases keep a 3-scene caption within a 32-token context (9 tokens per scene at most).
+_BACKGROUND_PHRASE = {"plain": "plain grey", "stripes": "stripes", "checks": "checks", "dots": "dots"}
+_PHRASE_BACKGROUND = {v: k for k, v in _BACKGROUND_PHRASE.items()}
 
 # Object radius as a fraction of the resolution: 0.12 * 1.41 < 0.2, so a crop never makes a small
 # object look large.
@@ -94,7 +97,7 @@ class Scene:
         """The single-scene phrase; video captions join these with "then"."""
         return (
             f"a {self.size} {self.colour} {self.shape} moving {self.motion} "
-            f"on a {self.background} background"
+            f"on {_BACKGROUND_PHRASE[self.background]}"
         )
 
     def as_dict(self) -> dict[str, str]:
@@ -105,10 +108,11 @@ class Scene:
 ALL_SCENES: tuple[Scene, ...] = tuple(
     Scene(*combo) for combo in itertools.product(SIZES, COLOURS, SHAPES, MOTIONS, BACKGROUNDS)
 )
+_SCENE_SET = frozenset(ALL_SCENES)
 
 _CAPTION_RE = re.compile(
     r"a (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+) moving (?P<motion>\w+) "
-    r"on a (?P<background>\w+) background"
+    r"on (?P<background>plain grey|\w+)"
 )
 
 
@@ -124,7 +128,12 @@ def parse_caption(text: str) -> list[Scene]:
         m = _CAPTION_RE.fullmatch(part.strip())
         if m is None:
             raise ValueError(f"not a synthetic scene caption: {part!r}")
-        scenes.append(Scene(**m.groupdict()))
+        fields = m.groupdict()
+        fields["background"] = _PHRASE_BACKGROUND.get(fields["background"], "?")
+        scene = Scene(**fields)
+        if scene not in _SCENE_SET:
+            raise ValueError(f"not a synthetic scene caption: {part!r}")
+        scenes.append(scene)
     return scenes
 
 
@@ -151,7 +160,6 @@ class Layout:
     bg_level: float
     bg_period: int
     bg_phase: int
-    bg_slope: int  # +1 or -1: which way diagonal stripes lean
 
 
 def sample_layout(scene: Scene, resolution: int, rng: np.random.Generator) -> Layout:
@@ -183,7 +191,6 @@ def sample_layout(scene: Scene, resolution: int, rng: np.random.Generator) -> La
         bg_level=float(rng.uniform(25, 70)),
         bg_period=period,
         bg_phase=int(rng.integers(0, period)),
-        bg_slope=int(rng.choice([-1, 1])),
     )
 
 
@@ -225,12 +232,14 @@ def _background(scene: Scene, layout: Layout, resolution: int) -> np.ndarray:
     level = np.full((resolution, resolution), layout.bg_level, dtype=np.float32)
     p = layout.bg_period
     ix, iy = xs.astype(np.int64), ys.astype(np.int64)
-    if scene.background == "striped":  # horizontal stripes
+    if scene.background == "stripes":  # horizontal stripes
         level = level + 45.0 * (((iy + layout.bg_phase) // p) % 2)
-    elif scene.background == "checkered":
+    elif scene.background == "checks":
         level = level + 45.0 * ((((ix + layout.bg_phase) // p) + (iy // p)) % 2)
-    elif scene.background == "diagonal":  # stripes at 45 degrees, leaning either way
-        level = level + 45.0 * (((ix + layout.bg_slope * iy + layout.bg_phase) // p) % 2)
+    elif scene.background == "dots":  # a grid of round dots, 0.6 of the period across
+        ox = (xs + layout.bg_phase) % p - p / 2.0
+        oy = ys % p - p / 2.0
+        level = level + 45.0 * (ox * ox + oy * oy <= (0.3 * p) ** 2)
     return np.repeat(level[:, :, None], 3, axis=2)
 
 
