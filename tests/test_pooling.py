@@ -184,8 +184,17 @@ def test_xpool_attribute_names_and_authors_keys():
     head = build_pooling("xpool", D, num_heads=2, dropout=0.4)
     assert isinstance(head, XPool)
     assert head.num_heads == 2 and head.dropout.p == 0.4
-    for name in ("layer_norm1", "layer_norm2", "layer_norm3", "q_proj", "k_proj", "v_proj",
-                 "out_proj", "linear_proj", "dropout"):
+    for name in (
+        "layer_norm1",
+        "layer_norm2",
+        "layer_norm3",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "linear_proj",
+        "dropout",
+    ):
         assert hasattr(head, name)
     _randomize(head)
     authors = {}

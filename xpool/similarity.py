@@ -357,7 +357,12 @@ def _frame_weighting_similarity(
     is_topk = isinstance(head, TopKPooling)
     k = min(head.k, num_frames) if is_topk else num_frames
     chunk, block = _tiles(
-        num_texts, num_videos, num_frames, 4 * num_frames + k * k, chunk_size, memory_budget,
+        num_texts,
+        num_videos,
+        num_frames,
+        4 * num_frames + k * k,
+        chunk_size,
+        memory_budget,
         t.device,
     )
     gram_flat = gram.reshape(num_videos, num_frames * num_frames)

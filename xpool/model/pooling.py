@@ -314,9 +314,7 @@ def build_pooling(name: str, embed_dim: int, **options: Any) -> nn.Module:
         XPoolError: for an unknown name or option (naming the valid ones).
     """
     if name not in _POOLING_CLASSES:
-        raise XPoolError(
-            f"unknown pooling {name!r}; valid names: {', '.join(POOLING_NAMES)}"
-        )
+        raise XPoolError(f"unknown pooling {name!r}; valid names: {', '.join(POOLING_NAMES)}")
     valid = _POOLING_OPTIONS[name]
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -342,8 +340,8 @@ def convert_authors_xpool_state_dict(state_dict: dict[str, Tensor]) -> dict[str,
         if has_prefix:
             if not key.startswith(prefix):
                 continue
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
         if key.startswith("cross_attn."):
-            key = key[len("cross_attn."):]
+            key = key[len("cross_attn.") :]
         converted[key] = value
     return converted
