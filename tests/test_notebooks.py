@@ -1,0 +1,218 @@
+"""Notebook tier: every notebook executes under the smoke profile (papermill, through
+`xpool.reproduce`), the tables it writes are well-formed, figures-only mode trains nothing,
+failures name the notebook and cell, a missing corpus is a clear message, and a headless
+JupyterLab serves the notebooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from xpool import reproduce as rp
+from xpool.errors import CorpusError
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+METRICS = ["R1", "R5", "R10", "MdR", "MnR"]
+
+
+def _kernel_available() -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return rp.KERNEL in KernelSpecManager().find_kernel_specs()
+
+
+needs_kernel = pytest.mark.skipif(
+    not _kernel_available(),
+    reason="the 'xpool' Jupyter kernel is not registered (make setup registers it)")
+
+
+def test_notebooks_are_thin_parameterized_and_clean():
+    for name in rp.NOTEBOOKS:
+        nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "xpool"
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, name
+        for key in ("profile", "output_dir", "seeds", "data_root"):
+            assert f"{key} =" in params[0].source, (name, key)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, name
+                # Thin: logic lives in the package; no function or class definitions here.
+                assert "def " not in cell.source and "class " not in cell.source, name
+
+
+def _check_metrics(df: pd.DataFrame, max_rank: int) -> None:
+    for m in ("R1", "R5", "R10"):
+        assert df[m].between(0, 100).all(), m
+    assert (df["R1"] <= df["R5"]).all() and (df["R5"] <= df["R10"]).all()
+    for m in ("MdR", "MnR"):
+        assert df[m].between(1, max_rank).all(), m
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_every_notebook_executes_under_smoke(tmp_path):
+    t0 = time.time()
+    lines: list[str] = []
+    rc = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=NB_DIR, log=lines.append)
+    assert rc == 0, "\n".join(lines)
+    out = tmp_path / "smoke"
+    first = time.time() - t0
+    for name in rp.NOTEBOOKS:
+        assert (out / "notebooks" / f"{name}.ipynb").is_file()
+    tables = out / "tables"
+    abl = pd.read_csv(tables / "pooling_ablation.csv")
+    assert list(abl.columns[:10]) == ["dataset", "pooling", "seed", "direction", *METRICS,
+                                      "selection"]
+    assert set(abl["pooling"]) == {"mean", "self_attention", "topk", "attention", "xpool"}
+    assert set(abl["direction"]) == {"t2v", "v2t"}
+    _check_metrics(abl, max_rank=12 * 2)
+    sub = pd.read_csv(tables / "subregion_study.csv")
+    assert list(sub.columns[:8]) == ["pooling", "K", *["seed"], *METRICS]
+    assert set(sub["K"]) == {1, 2}
+    _check_metrics(sub, max_rank=12 * 2)
+    boot = pd.read_csv(tables / "pooling_bootstrap.csv")
+    assert (boot["lo"] <= boot["diff_R1"]).all() and (boot["diff_R1"] <= boot["hi"]).all()
+    for key in ("msrvtt9k", "msrvtt7k", "msvd", "lsmdc"):
+        t = pd.read_csv(tables / f"results_{key}.csv")
+        assert set(t["direction"]) == {"t2v", "v2t"}
+        assert {"R1_mean", "R1_std", "DSL_R1_mean", "seeds", "selection"} <= set(t.columns)
+        assert "NOT comparable" in (tables / f"results_{key}.md").read_text()
+    assert pd.read_csv(tables / "results_msrvtt9k.csv")["n_seeds"].eq(2).all()
+    for fig in ("attention_weights", "top5_retrieval", "training_curves", "pooling_ablation",
+                "subregion_r1_vs_k"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    record = json.loads((out / "reproduce_record.json").read_text())
+    assert record["latest"]["kind"] == "first" and record["latest"]["runs_after"] > 0
+
+    # make figures: rebuilds everything from the records without training anything.
+    runs_before = sorted(p.name for p in (out / "runs").iterdir())
+    (out / "figures" / "attention_weights.png").unlink()
+    t1 = time.time()
+    rc = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=NB_DIR, figures_only=True,
+                      log=lines.append)
+    assert rc == 0, "\n".join(lines)
+    assert (out / "figures" / "attention_weights.png").is_file()
+    assert sorted(p.name for p in (out / "runs").iterdir()) == runs_before
+    record = json.loads((out / "reproduce_record.json").read_text())
+    assert record["latest"]["kind"] == "figures_only"
+    assert time.time() - t1 < first
+
+
+@needs_kernel
+def test_failure_names_notebook_and_cell(tmp_path):
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("profile = 'smoke'\noutput_dir = None", metadata={
+            "tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('boom')"),
+    ])
+    nbformat.write(nb, nb_dir / "01_msrvtt_9k.ipynb")
+    runs = tmp_path / "res" / "smoke" / "runs" / "old"
+    runs.mkdir(parents=True)
+    lines: list[str] = []
+    rc = rp.reproduce("smoke", results_dir=tmp_path / "res", notebooks_dir=nb_dir,
+                      only=["01_msrvtt_9k"], fresh=True, log=lines.append)
+    assert rc == 1
+    text = "\n".join(lines)
+    assert "01_msrvtt_9k" in text and "ValueError" in text and "boom" in text and "cell" in text
+    assert not runs.exists()  # fresh deleted the old runs
+    record = json.loads((tmp_path / "res" / "smoke" / "reproduce_record.json").read_text())
+    assert record["latest"]["status"] == "failed"
+
+
+def test_missing_corpus_is_a_clear_message(tmp_path):
+    from xpool import study as xs
+
+    st = xs.open_study("paper-msrvtt9k", tmp_path / "paper-msrvtt9k",
+                       data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(CorpusError, match="xpool download msrvtt") as err:
+        st.require_corpus()
+    # IPython shows this instead of a traceback.
+    rendered = err.value._render_traceback_()
+    assert len(rendered) == 1 and "xpool download" in rendered[0]
+
+
+@needs_kernel
+def test_missing_corpus_stops_the_notebook_with_the_download_command(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(NB_DIR / "01_msrvtt_9k.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "paper-msrvtt9k",
+                                        "output_dir": str(tmp_path / "paper-msrvtt9k"),
+                                        "data_root": str(tmp_path / "nowhere")},
+                            kernel_name=rp.KERNEL, cwd=str(ROOT), progress_bar=False)
+    assert "xpool download msrvtt" in err.value.evalue
+    assert err.value.ename == "StudyStop"
+
+
+def test_notebook_selection_per_profile():
+    from xpool.config import load_config
+
+    assert rp.notebooks_for(load_config("embedded")) == list(rp.NOTEBOOKS)
+    assert rp.notebooks_for(load_config("paper-msvd")) == [
+        "03_msvd", "05_pooling_ablation", "07_figures", "08_explore"]
+    assert rp.notebook_parameters("frozen-msrvtt9k", "01_msrvtt_9k")["mode"] is None
+    assert rp.notebook_parameters("embedded", "05_pooling_ablation") == {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_headless_jupyter_lab_serves_the_notebooks(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+           "--ip=127.0.0.1", "--ServerApp.token=", "--ServerApp.password=",
+           f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers often run as root; lab refuses without it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "lab.log", "w"))
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents/notebooks"
+        deadline = time.time() + 90
+        listing = None
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    listing = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert listing is not None, (tmp_path / "lab.log").read_text()[-2000:]
+        names = {c["name"] for c in listing["content"]}
+        assert {f"{n}.ipynb" for n in rp.NOTEBOOKS} <= names
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/api/contents/notebooks/08_explore.ipynb",
+                timeout=10) as r:
+            assert json.loads(r.read())["type"] == "notebook"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

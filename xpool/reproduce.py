@@ -1,0 +1,225 @@
+"""`xpool reproduce` / `make reproduce`: execute the study's notebooks with papermill.
+
+Every notebook that applies to the profile runs in order, in the `xpool` Jupyter kernel, with the
+repository root as its working directory (so `data/`, `cache/` and `results/` resolve as on the
+command line). Executed copies go to `results/<profile>/notebooks/`; the notebooks write tables
+and figures under `results/<profile>/`. Runs are cached by their resolved config, so a second
+`reproduce` only re-reads finished runs; `fresh=True` deletes the profile's runs first.
+`figures_only=True` re-executes the notebooks in read-only mode: every table and figure is
+rebuilt from the saved run records, nothing is trained.
+
+A failing notebook stops the study with exit code 1, naming the notebook and the failing cell.
+Timings go to `results/<profile>/reproduce_record.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from xpool.config import Config, load_config
+from xpool.errors import ConfigError, XPoolError
+from xpool.io import read_json, write_json
+
+KERNEL = "xpool"
+NOTEBOOKS = (
+    "01_msrvtt_9k",
+    "02_msrvtt_7k",
+    "03_msvd",
+    "04_lsmdc",
+    "05_pooling_ablation",
+    "06_subregion_study",
+    "07_figures",
+    "08_explore",
+)
+DATASET_NOTEBOOK = {
+    "msrvtt9k": "01_msrvtt_9k",
+    "msrvtt7k": "02_msrvtt_7k",
+    "msvd": "03_msvd",
+    "lsmdc": "04_lsmdc",
+}
+
+# Notebook parameters per profile, on top of each notebook's own defaults (which are the
+# embedded study's choices, see the notebooks' parameters cells). The smoke profile shrinks every
+# grid to what the test suite can afford; real-corpus profiles train as their profile says (the
+# paper's fine-tuning for paper-*, cached features for frozen-*), with the paper's seed for the
+# GPU-hours profiles.
+PROFILE_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "*": {"seeds": [0], "mode": "frozen"},
+        "01_msrvtt_9k": {"seeds": [0, 1]},
+        "05_pooling_ablation": {"n_boot": 200, "frames": [2], "heads": [2]},
+        "06_subregion_study": {"ks": [1, 2], "n_boot": 200},
+    },
+    "paper": {"*": {"mode": None, "seeds": [24]},
+              "05_pooling_ablation": {"frames": [6], "heads": [8]}},
+    "frozen": {"*": {"mode": None, "seeds": [24, 25, 26]},
+               "05_pooling_ablation": {"frames": [6], "heads": [8]}},
+}
+
+
+def notebooks_for(cfg: Config) -> list[str]:
+    """The notebooks that apply to a profile: all of them for a synthetic corpus; for a real one
+    its dataset's table, the pooling ablation, the figures and the explorer."""
+    if cfg.data.corpus == "synthetic":
+        return list(NOTEBOOKS)
+    from xpool.study import dataset_key
+
+    key = dataset_key(cfg)
+    if key not in DATASET_NOTEBOOK:
+        raise ConfigError(f"no notebook for corpus {cfg.data.corpus!r} ({key})")
+    return [DATASET_NOTEBOOK[key], "05_pooling_ablation", "07_figures", "08_explore"]
+
+
+def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:
+    """PROFILE_PARAMETERS for one notebook (by profile name, or its `paper-`/`frozen-` family)."""
+    name = Path(profile).stem
+    table = PROFILE_PARAMETERS.get(name) or PROFILE_PARAMETERS.get(name.split("-")[0], {})
+    return {**table.get("*", {}), **table.get(notebook, {})}
+
+
+def _count_finished(runs_dir: Path) -> int:
+    return sum(1 for _ in runs_dir.glob("*/metrics.json")) if runs_dir.is_dir() else 0
+
+
+def _cell_of(error: Exception) -> str:
+    index = getattr(error, "cell_index", None)
+    count = getattr(error, "exec_count", None)
+    where = f"cell {index}" if index is not None else "an unknown cell"
+    if count is not None:
+        where += f" (execution count {count})"
+    ename = getattr(error, "ename", type(error).__name__)
+    evalue = getattr(error, "evalue", str(error))
+    return f"{where}: {ename}: {evalue}"
+
+
+def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool = False,
+              results_dir: str | Path = "results", notebooks_dir: str | Path = "notebooks",
+              only: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
+              kernel: str = KERNEL, log: Callable[[str], None] = print) -> int:
+    """Run the study of `profile`; returns the exit code (0 success, 1 a notebook failed).
+
+    only: a subset of notebook names (default: all that apply). parameters: extra notebook
+    parameters for every notebook (tests use it). results_dir: where `<profile>/` goes.
+    """
+    if fresh and figures_only:
+        raise ConfigError("fresh and figures_only exclude each other: figures_only never trains")
+    import papermill as pm
+
+    cfg = load_config(profile)
+    out = Path(results_dir) / Path(cfg.profile).name
+    nb_dir = Path(notebooks_dir)
+    if not nb_dir.is_dir():
+        raise XPoolError(f"no notebooks folder at {nb_dir.resolve()}: run `xpool reproduce` from "
+                         f"the repository root")
+    names = notebooks_for(cfg)
+    if only:
+        unknown = sorted(set(only) - set(NOTEBOOKS))
+        if unknown:
+            raise ConfigError(f"unknown notebooks {unknown}; valid: {list(NOTEBOOKS)}")
+        names = [n for n in names if n in only]
+    runs_dir = out / "runs"
+    if fresh and runs_dir.is_dir():
+        log(f"[reproduce] FRESH: deleting {runs_dir} so every run is recomputed")
+        shutil.rmtree(runs_dir)
+    runs_before = _count_finished(runs_dir)
+    mode = "figures-only" if figures_only else ("fresh" if fresh else "normal")
+    log(f"[reproduce] profile {cfg.profile}: {len(names)} notebooks ({mode}), "
+        f"{runs_before} finished runs found under {runs_dir}")
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    status = 0
+    failure = None
+    if not figures_only and cfg.data.corpus == "synthetic":
+        # Corpus and tiny-CLIP pretraining first, so their (one-off) cost shows on its own line.
+        from xpool.data.synthetic import ensure_corpus
+        from xpool.pretrain import ensure_pretrained
+
+        t = time.time()
+        log("[reproduce] synthetic corpus and tiny-CLIP pretraining (cached after the first run)")
+        ensure_corpus(cfg)
+        if cfg.model.pretrained == "synthetic":
+            ensure_pretrained(cfg)
+        timings["prepare"] = round(time.time() - t, 1)
+        log(f"[reproduce] prepared in {timings['prepare']:.1f} s")
+    for i, name in enumerate(names, 1):
+        src = nb_dir / f"{name}.ipynb"
+        dst = out / "notebooks" / f"{name}.ipynb"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        params = {"profile": profile, "output_dir": str(out), "figures_only": figures_only,
+                  **notebook_parameters(profile, name), **dict(parameters or {})}
+        log(f"[reproduce] [{i}/{len(names)}] {name} ...")
+        t = time.time()
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel,
+                                cwd=str(Path.cwd()), progress_bar=False, log_output=False)
+        except pm.PapermillExecutionError as e:
+            failure = f"notebook {name} failed in {_cell_of(e)}"
+        except Exception as e:  # no kernel, unreadable notebook: still name the notebook
+            failure = f"notebook {name} could not run: {type(e).__name__}: {e}"
+            if "No such kernel" in str(e):
+                failure += " (register it with `make setup`)"
+        timings[name] = round(time.time() - t, 1)
+        if failure:
+            log(f"[reproduce] FAILED: {failure}")
+            log(f"[reproduce] the executed copy with the error: {dst}")
+            status = 1
+            break
+        log(f"[reproduce] [{i}/{len(names)}] {name} done in {timings[name]:.1f} s")
+    wall = round(time.time() - t0, 1)
+    runs_after = _count_finished(runs_dir)
+    entry = {
+        "profile": cfg.profile,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "status": "ok" if status == 0 else "failed",
+        "failure": failure,
+        "wall_time_s": wall,
+        "notebook_seconds": timings,
+        "runs_before": runs_before,
+        "runs_after": runs_after,
+        # first: nothing was cached; cached: every run was already finished.
+        "kind": ("figures_only" if figures_only else "first" if runs_before == 0
+                 else "cached" if runs_after == runs_before else "partial"),
+        "python": sys.version.split()[0],
+    }
+    _write_record(out / "reproduce_record.json", entry)
+    if status == 0:
+        _summary(out, wall, runs_before, runs_after, log)
+    return status
+
+
+def _write_record(path: Path, entry: dict[str, Any]) -> None:
+    """Append `entry` to the record's history and keep the latest of each kind on top."""
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            record = {}
+    history = list(record.get("history", []))
+    history.append(entry)
+    record["history"] = history[-20:]
+    record["latest"] = entry
+    if entry["status"] == "ok":
+        record[f"latest_{entry['kind']}"] = entry
+    write_json(path, record)
+
+
+def _summary(out: Path, wall: float, before: int, after: int,
+             log: Callable[[str], None]) -> None:
+    tables = sorted(p.name for p in (out / "tables").glob("*.md"))
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    log("")
+    log(f"[reproduce] done in {wall:.0f} s ({wall / 60:.1f} min); finished runs: {before} before, "
+        f"{after} after")
+    log(f"  tables   {out / 'tables'}/: {', '.join(tables) or '(none)'}")
+    log(f"  figures  {out / 'figures'}/: {', '.join(figures) or '(none)'}")
+    log(f"  notebooks (executed) {out / 'notebooks'}/")
+    log(f"  run records {out / 'runs'}/  timings {out / 'reproduce_record.json'}")
