@@ -242,3 +242,15 @@ def test_check_container_accepts_good_files(fixture_videos: dict[str, Path], tmp
         check_container(path)
     check_container(write_video(tmp_path / "ok.avi", num_frames=3))
     check_container(write_video(tmp_path / "ok.mkv", num_frames=3))
+
+
+def test_numpy_output_whatever_decord_bridge(fixture_videos: dict[str, Path]) -> None:
+    """Another module may switch decord's global bridge to torch; we still return numpy arrays."""
+    import decord
+
+    decord.bridge.set_bridge("torch")
+    try:
+        frames, _ = sample_frames(fixture_videos["tree.avi"], 3)
+    finally:
+        decord.bridge.set_bridge("native")
+    assert isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.shape == (3, 240, 320, 3)
