@@ -249,11 +249,14 @@ def load_msrvtt(
             raise CorpusError(f"{data_path}: no 'sentences' list (is this MSR-VTT's MSRVTT_data.json?)")
         wanted = set(ids)
         captions = []
-        for k, s in enumerate(data["sentences"]):
-            vid = s["video_id"]
-            if vid in wanted:
-                cid = str(s.get("sen_id", k))
-                captions.append(Caption(video_id=vid, text=s["caption"], caption_id=cid))
+        try:
+            for k, s in enumerate(data["sentences"]):
+                vid = s["video_id"]
+                if vid in wanted:
+                    cid = str(s.get("sen_id", k))
+                    captions.append(Caption(video_id=vid, text=s["caption"], caption_id=cid))
+        except (KeyError, TypeError) as exc:
+            raise CorpusError(f"{data_path}: sentence {k} lacks 'video_id' or 'caption' ({exc!r})") from exc
         without = wanted.difference(c.video_id for c in captions)
         if without:
             raise CorpusError(

@@ -391,7 +391,8 @@ def download_corpus(
             marker.write_text(f"{count} videos from {source.filename}\n")
             say(f"videos: {count} unpacked into {root / 'videos'}")
     if not keep_archives:
-        for archive in fetched:
+        # Also archives fetched by an earlier, interrupted run (not in `fetched` this time).
+        for archive in {*fetched, *(downloads / src.filename for src in _SOURCES[key])}:
             archive.unlink(missing_ok=True)
         if downloads.is_dir() and not any(downloads.iterdir()):
             downloads.rmdir()
