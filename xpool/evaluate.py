@@ -113,8 +113,15 @@ def score(pooling: torch.nn.Module, emb: EvalEmbeddings, cfg: EvalConfig,
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test",
                         progress: bool = True) -> dict[str, dict[str, float]]:
     """Load a checkpoint (a run's `best.pt` or `last.pt`) and evaluate it on `split`."""
-    from xpool.train import build_eval_embeddings, load_model_state, make_model, pick_device
+    from xpool.train import (
+        build_eval_embeddings,
+        ensure_data,
+        load_model_state,
+        make_model,
+        pick_device,
+    )
 
+    ensure_data(cfg, progress)
     device = pick_device()
     model = make_model(cfg).to(device)
     load_model_state(model, checkpoint)

@@ -77,11 +77,12 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
     from xpool.model.pooling import build_pooling
     from xpool.model.retrieval import RetrievalModel
     from xpool.pretrain import resolve_pretrained
-    from xpool.train import load_split, pick_device
+    from xpool.train import ensure_data, load_split, pick_device
 
     out = feature_path(cfg, split)
     if out.is_file():
         return out
+    ensure_data(cfg, progress)
     device = pick_device()
     corpus = load_split(cfg, split)
     es = EvalSet(corpus)

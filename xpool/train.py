@@ -99,6 +99,15 @@ def load_model_state(model: RetrievalModel, path: str | Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- data
 
 
+def ensure_data(cfg: Config, progress: bool = True) -> None:
+    """Generate the synthetic corpus when the config uses it (cached; real corpora are
+    downloaded explicitly with `xpool download`)."""
+    if cfg.data.corpus == "synthetic" and cfg.data.root is None:
+        from xpool.data.synthetic import ensure_corpus
+
+        ensure_corpus(cfg, progress=progress)
+
+
 def load_split(cfg: Config, split: str) -> Corpus:
     """The corpus of a split. For corpora without a validation split (MSR-VTT, synthetic),
     `val` is `data.val_videos` training videos held out (fixed seed) and removed from `train`."""
@@ -297,6 +306,9 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
         raise XPoolError(f"train.batch_size={tc.batch_size} must be divisible by the "
                          f"{info.world_size} processes")
     eval_split = "val" if tc.selection == "val" else "test"
+    if info.is_main:
+        ensure_data(cfg, progress)
+    barrier(info)
     if cfg.model.frozen:
         from xpool.features import extract_features
 
@@ -325,7 +337,8 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
     optimizer = torch.optim.AdamW(groups, eps=tc.adam_eps, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, tc.warmup_fraction))
-    objective: torch.nn.Module = ContrastiveObjective(model, info, cfg.model.frozen)
+    objective: torch.nn.Module = ContrastiveObjective(model, info, cfg.model.frozen,
+                                                          cfg.data.num_frames)
     if info.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -411,13 +424,20 @@ class ContrastiveObjective(torch.nn.Module):
     batch and the result does not depend on how many processes share it.
     """
 
-    def __init__(self, model: RetrievalModel, info: DistInfo, frozen: bool):
+    def __init__(self, model: RetrievalModel, info: DistInfo, frozen: bool, num_frames: int):
         super().__init__()
         self.model, self.info, self.frozen = model, info, frozen
+        self.num_frames = num_frames
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         if self.frozen:
             text, frames = batch["text_feats"], batch["frame_feats"]
+        elif batch["tokens"].numel() == 0:
+            # Every video of this rank's batch failed to decode; other ranks may still have
+            # items, so take part in the gather with an empty slice.
+            d = self.model.embed_dim
+            text = batch["tokens"].new_zeros((0, d), dtype=torch.float32)
+            frames = batch["tokens"].new_zeros((0, self.num_frames, d), dtype=torch.float32)
         else:
             text = self.model.encode_text(batch["tokens"])
             frames = self.model.encode_frames(batch["frames"])
@@ -429,7 +449,7 @@ class ContrastiveObjective(torch.nn.Module):
             # touches every parameter keeps DDP's gradient bookkeeping consistent.
             return sum(p.sum() for p in self.model.parameters()) * 0.0, n
         sims = self.model.pairwise_similarity(text, frames)
-        return symmetric_infonce(sims, self.model.logit_scale_value()), n
+        return symmetric_infonce(sims, self.model.logit_scale), n
 
 
 def _train_step(cfg: Config, model: RetrievalModel, objective: torch.nn.Module, batch: dict,
