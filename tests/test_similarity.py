@@ -113,3 +113,34 @@ def test_bad_inputs():
         similarity_matrix(head, t[:, :10], e)
     with pytest.raises(XPoolError):
         similarity_matrix(head, t, e, chunk_size=0)
+
+
+def test_xpool_fast_path_never_calls_forward(monkeypatch):
+    """The fast path never pools per pair (no [V, T, D] tensor): the forward is not used."""
+    head = build_pooling("xpool", D, num_heads=2)
+    _random_weights(head)
+    t, e = _inputs(10, 8, 5)
+    expected = plain_similarity_matrix(head, t, e)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("forward called")
+
+    monkeypatch.setattr(type(head), "forward", forbidden)
+    assert (similarity_matrix(head, t, e) - expected).abs().max() <= 1e-5
+
+
+def test_clip_like_inputs_near_identity_head():
+    """Default (identity) init plus a little training noise, correlated frames as in real video."""
+    g = torch.Generator().manual_seed(7)
+    head = build_pooling("xpool", D)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    base = torch.randn(30, 1, D, generator=g) * 0.4
+    e = base + 0.1 * torch.randn(30, 12, D, generator=g)  # frames of a video are similar
+    t = torch.randn(50, D, generator=g) * 0.4
+    fast = similarity_matrix(head, t, e)
+    plain = plain_similarity_matrix(head, t, e)
+    assert (fast - plain).abs().max() <= 1e-5
+    vot = np.arange(50) % 30
+    assert np.array_equal(t2v_ranks(fast, vot), t2v_ranks(plain, vot))

@@ -31,6 +31,12 @@ Work is tiled over (text chunk, video block) so the per-pair temporaries stay sm
 live in cache; peak memory is O(V * F * D) for the per-frame vectors plus O(Tc * V) for the output
 chunk, never O(T * V * D).
 
+Precision: float32 throughout; on random and CLIP-like inputs the fast and plain results differ
+by ~1e-7 (tests hold them within 1e-5 with identical ranks). The variances come from quadratic
+forms (a^T G a) rather than from the pooled vector itself, so a pair whose pooled vector nearly
+cancels (|o| much smaller than its frames' |u|, which needs frames pointing in opposite
+directions) loses relative precision faster than the plain path would.
+
 ``topk`` and ``attention`` are handled the same way: per (text, video) the pooled vector is a
 combination of normalized frames, so its norm is a quadratic form with the per-video frame Gram
 matrix; the text . frame cosines come from one GEMM per tile. Text-agnostic heads (``mean``,
@@ -107,8 +113,12 @@ def _check_chunk(chunk_size: int | None) -> None:
 
 def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, video_chunk: int = 1024) -> Tensor:
     """Pool each video once (in video chunks, to bound the head's own temporaries), one matmul."""
+    if e.shape[0] == 0 or t.shape[0] == 0:
+        return t.new_zeros(t.shape[0], e.shape[0])
+    # The head ignores the text; one dummy row keeps the call signature.
+    probe = t[:1]
     pooled = torch.cat(
-        [pooling(t[:1], e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
+        [pooling(probe, e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
     )
     return F.normalize(t, dim=-1) @ F.normalize(pooled, dim=-1).T
 
