@@ -216,3 +216,49 @@ def test_headless_jupyter_lab_serves_the_notebooks(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_open_study_checks_output_dir_and_mode(tmp_path):
+    from xpool import study as xs
+    from xpool.errors import ConfigError
+
+    st = xs.open_study("smoke", tmp_path / "smoke", mode="frozen")
+    cfg = st.config({"model.pooling": "mean"}, seed=3)
+    assert cfg.model.frozen and cfg.train.seed == 3 and cfg.model.pooling == "mean"
+    assert cfg.profile_dir == tmp_path / "smoke"
+    # The frozen recipe: larger head learning rate, more epochs, no augmentation.
+    base = st.base
+    assert cfg.train.lr_new == base.train.lr_new * xs.FROZEN_LR_FACTOR
+    assert cfg.train.epochs == base.train.epochs * xs.FROZEN_EPOCH_FACTOR
+    # Explicit overrides win over the mode's defaults.
+    assert st.config({"train.epochs": 7}).train.epochs == 7
+    assert xs.open_study("smoke", tmp_path / "smoke").config().model.frozen is False
+    with pytest.raises(ConfigError, match="named after the profile"):
+        xs.open_study("smoke", tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="mode"):
+        xs.open_study("smoke", tmp_path / "smoke", mode="half")
+
+
+def test_figures_only_never_trains_and_names_the_missing_run(tmp_path):
+    from xpool import study as xs
+    from xpool.errors import XPoolError
+
+    st = xs.open_study("smoke", tmp_path / "smoke", mode="frozen", figures_only=True)
+    with pytest.raises(XPoolError, match="no finished record.*make reproduce PROFILE=smoke"):
+        st.run({"model.pooling": "xpool"}, seed=0)
+    assert not (tmp_path / "smoke" / "runs").exists()
+
+
+def test_standins_keep_the_caption_structure():
+    from xpool import study as xs
+    from xpool.config import load_config
+
+    base = load_config("embedded")
+    o, desc, source = xs.standin_overrides("lsmdc", base)
+    assert o == {"synth.captions_per_video": 1} and source == "test"
+    o, desc, source = xs.standin_overrides("msvd", base)
+    assert "captions" in desc
+    if source == "selected_eval":
+        assert o["train.selection"] == "val" and 0 < o["data.val_videos"] <= 100
+    assert xs.dataset_key(load_config("paper-msrvtt7k")) == "msrvtt7k"
+    assert xs.dataset_key(base) is None

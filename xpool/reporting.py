@@ -33,7 +33,7 @@ POOLING_LABELS = {
     "mean": "mean",
     "self_attention": "self-attention",
     "topk": "top-k",
-    "attention": "attention (parameter-free)",
+    "attention": "param-free attention",
 }
 # Plot order: the text-agnostic baselines first, X-Pool last.
 POOLING_ORDER = ("mean", "self_attention", "topk", "attention", "xpool")
@@ -391,7 +391,9 @@ def plot_pooling_ablation(runs: pd.DataFrame, boot: pd.DataFrame, title: str = "
                   size=5, jitter=0.15)
     axes[0].set(xlabel="", ylabel="text-to-video R@1 (%)", title="R@1 per strategy (bar: mean ± sd "
                 "over seeds, dots: seeds)")
-    axes[0].tick_params(axis="x", rotation=20)
+    for tick in axes[0].get_xticklabels():
+        tick.set_rotation(25)
+        tick.set_horizontalalignment("right")
     ax = axes[1]
     if boot.empty:
         ax.text(0.5, 0.5, "no paired comparison", ha="center", va="center")
@@ -431,7 +433,7 @@ def plot_subregion(summary: pd.DataFrame, runs: pd.DataFrame | None = None,
     ax.set_xticks(sorted(summary["K"].unique()))
     ax.set(xlabel="K, scenes per video (a caption names 1..K-1 of them)",
            ylabel="text-to-video R@1 (%)", title=title or "R@1 against K")
-    ax.legend(title="pooling", fontsize=9)
+    ax.legend(title="pooling", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
 
@@ -455,9 +457,10 @@ def plot_training_curves(curves: pd.DataFrame, evals: pd.DataFrame, title: str =
         sns.lineplot(data=evals, x="step", y="R1", hue="label", marker="o", ax=axes[1],
                      errorbar=None)
     axes[1].set(title="evaluation R@1 during training", ylabel="R@1 (%)")
-    for ax in axes:
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=8)
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    if axes[1].get_legend() is not None:
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

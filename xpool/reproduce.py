@@ -154,6 +154,14 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         dst.parent.mkdir(parents=True, exist_ok=True)
         params = {"profile": profile, "output_dir": str(out), "figures_only": figures_only,
                   **notebook_parameters(profile, name), **dict(parameters or {})}
+        try:
+            # Only what the notebook declares (papermill would inject the rest with a warning).
+            declared = pm.inspect_notebook(str(src))
+            params = {k: v for k, v in params.items() if k in declared}
+        except Exception as e:
+            log(f"[reproduce] cannot read {src}: {type(e).__name__}: {e}")
+            status, failure = 1, f"notebook {name} could not be read: {e}"
+            break
         log(f"[reproduce] [{i}/{len(names)}] {name} ...")
         t = time.time()
         try:

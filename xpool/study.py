@@ -57,8 +57,9 @@ STANDINS: dict[str, tuple[dict[str, Any], str]] = {
               "one caption per clip in training and test, as LSMDC"),
 }
 # MSVD stand-in when the generator cannot write several captions per test video: evaluate on
-# training-split videos held out from training, with all their captions.
-MSVD_HELDOUT_VIDEOS = 100
+# training-split videos held out from training (a quarter, at most 100), with all their captions.
+MSVD_HELDOUT_FRACTION = 0.25
+MSVD_HELDOUT_MAX = 100
 
 
 class StudyStop(CorpusError):
@@ -335,8 +336,9 @@ def _has_synth_field(name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(SynthConfig)}
 
 
-def standin_overrides(dataset: str) -> tuple[dict[str, Any], str, str]:
-    """(overrides, description, metric source) of the synthetic stand-in for `dataset`."""
+def standin_overrides(dataset: str, base: Config) -> tuple[dict[str, Any], str, str]:
+    """(overrides, description, metric source) of the synthetic stand-in for `dataset` on the
+    synthetic profile `base`."""
     if dataset not in STANDINS:
         raise ConfigError(f"unknown dataset {dataset!r}; expected one of {list(STANDINS)}")
     overrides, desc = STANDINS[dataset]
@@ -351,8 +353,9 @@ def standin_overrides(dataset: str) -> tuple[dict[str, Any], str, str]:
             # a test video are queries) is reproduced on training-split videos held out from
             # training, evaluated with all their captions, the checkpoint chosen on that same set
             # (the authors' test-split selection).
-            overrides.update({"train.selection": "val", "data.val_videos": MSVD_HELDOUT_VIDEOS})
-            desc += (f": evaluated on {MSVD_HELDOUT_VIDEOS} training-split videos held out from "
+            held = min(MSVD_HELDOUT_MAX, max(2, int(base.synth.num_train * MSVD_HELDOUT_FRACTION)))
+            overrides.update({"train.selection": "val", "data.val_videos": held})
+            desc += (f": evaluated on {held} training-split videos held out from "
                      f"training, with all their captions; checkpoint chosen on that set")
             source = "selected_eval"
     return overrides, desc, source
@@ -377,7 +380,7 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
     if real:
         overrides, desc, source = {}, reporting.DATASETS[dataset], "test"
     else:
-        overrides, desc, source = standin_overrides(dataset)
+        overrides, desc, source = standin_overrides(dataset, base)
     study.require_corpus(overrides)
     variants = [({}, {**overrides, "model.pooling": p}) for p in poolings]
     results = study.grid(variants, seeds)
