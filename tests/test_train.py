@@ -64,17 +64,15 @@ def test_train_then_eval_every_pooling(workdir, pooling):
     assert train(cfg, progress=False).metrics_path.stat().st_mtime == mtime
 
 
-def test_cli_train_and_eval(workdir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = ["smoke", "model.pooling=mean", "output.run_name=cli"]
-    res = subprocess.run([sys.executable, "-m", "xpool.cli", "train", *args], cwd=workdir,
-                         capture_output=True, text=True, env=env)
+def test_cli_eval_of_a_trained_run(workdir):
+    from xpool.train import train
+
+    record = train(smoke(**{"model.pooling": "mean", "output.run_name": "cli"}), progress=False)
+    res = subprocess.run([sys.executable, "-m", "xpool.cli", "eval", "smoke", "model.pooling=mean",
+                          "--checkpoint", str(record.best_checkpoint)], cwd=workdir,
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr
-    ckpt = workdir / "results" / "smoke" / "runs" / "cli" / "checkpoints" / "best.pt"
-    res = subprocess.run([sys.executable, "-m", "xpool.cli", "eval", *args, "--checkpoint",
-                          str(ckpt)], cwd=workdir, capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr
-    assert "t2v R1=" in res.stdout and "v2t R1=" in res.stdout
+    assert f"t2v R1={record.metrics()['t2v']['R1']:.2f}" in res.stdout and "v2t R1=" in res.stdout
 
 
 def test_interrupted_run_resumes_to_identical_metrics(workdir, monkeypatch):
@@ -175,14 +173,13 @@ def test_validation_selection_holds_out_training_videos(workdir):
 
 def test_ddp_two_processes_match_one_process(workdir):
     """torchrun with gloo on CPU: same loss trajectory as one process with the same global batch."""
-    common = ["smoke", "train.epochs=2", "train.batch_size=8", "model.dropout=0.0"]
+    from xpool.train import train
+
+    common = ["train.epochs=2", "train.batch_size=8"]
+    train(load_config("smoke", [*common, "output.run_name=single"]), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    single = subprocess.run([sys.executable, "-m", "xpool.cli", "train", *common,
-                             "output.run_name=single"], cwd=workdir, capture_output=True,
-                            text=True, env=env)
-    assert single.returncode == 0, single.stderr
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "xpool.cli", "train", *common,
+                          "--master_port", "29517", "-m", "xpool.cli", "train", "smoke", *common,
                           "output.run_name=ddp"], cwd=workdir, capture_output=True, text=True,
                          env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -73,7 +73,10 @@ def embed_texts(model: RetrievalModel, texts: list[str], batch_size: int, device
 def embed_videos(model: RetrievalModel, dataset, batch_size: int, device: torch.device,
                  num_workers: int = 0, progress: bool = False) -> torch.Tensor:
     """Frame embeddings [V, F, D] (float32, on the CPU) for every clip of `dataset`."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Its own generator: evaluation must not advance the global RNG that dropout draws from,
+    # or runs that evaluate (rank 0, uninterrupted) and runs that don't would drift apart.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())
     out = []
     for frames in tqdm(loader, desc="embed videos", disable=not progress, leave=False):
         if isinstance(frames, dict):
