@@ -120,6 +120,9 @@ def test_failure_names_notebook_and_cell(tmp_path):
         nbformat.v4.new_code_cell("x = 1"),
         nbformat.v4.new_code_cell("raise ValueError('boom')"),
     ])
+    nb.metadata["kernelspec"] = {"name": "xpool", "display_name": "Python (xpool)",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, nb_dir / "01_msrvtt_9k.ipynb")
     runs = tmp_path / "res" / "smoke" / "runs" / "old"
     runs.mkdir(parents=True)

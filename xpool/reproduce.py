@@ -27,6 +27,8 @@ from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
 
 KERNEL = "xpool"
+# Parallel notebook executions in figures-only mode (read-only, so they cannot collide).
+FIGURES_WORKERS = 2
 NOTEBOOKS = (
     "01_msrvtt_9k",
     "02_msrvtt_7k",
@@ -98,6 +100,32 @@ def _cell_of(error: Exception) -> str:
     return f"{where}: {ename}: {evalue}"
 
 
+def _execute(src: str, dst: str, params: dict[str, Any], kernel: str,
+             cwd: str) -> tuple[float, str | None]:
+    """Execute one notebook with papermill: (seconds, None) or (seconds, what failed where).
+
+    Top-level and returning plain strings so it also runs in a worker process.
+    """
+    import papermill as pm
+
+    t = time.time()
+    try:
+        try:
+            # Only what the notebook declares (papermill would inject the rest with a warning).
+            declared = pm.inspect_notebook(src)
+            params = {k: v for k, v in params.items() if k in declared}
+        except ValueError:
+            pass  # no kernelspec in the notebook's metadata: papermill cannot inspect it
+        pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=cwd,
+                            progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        return round(time.time() - t, 1), f"failed in {_cell_of(e)}"
+    except Exception as e:  # no kernel, unreadable notebook: still name the notebook
+        hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
+        return round(time.time() - t, 1), f"could not run: {type(e).__name__}: {e}{hint}"
+    return round(time.time() - t, 1), None
+
+
 def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool = False,
               results_dir: str | Path = "results", notebooks_dir: str | Path = "notebooks",
               only: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
@@ -109,8 +137,6 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
     """
     if fresh and figures_only:
         raise ConfigError("fresh and figures_only exclude each other: figures_only never trains")
-    import papermill as pm
-
     cfg = load_config(profile)
     out = Path(results_dir) / Path(cfg.profile).name
     nb_dir = Path(notebooks_dir)
@@ -135,7 +161,7 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
     t0 = time.time()
     timings: dict[str, float] = {}
     status = 0
-    failure = None
+    failure: str | None = None
     if not figures_only and cfg.data.corpus == "synthetic":
         # Corpus and tiny-CLIP pretraining first, so their (one-off) cost shows on its own line.
         from xpool.data.synthetic import ensure_corpus
@@ -148,38 +174,46 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
             ensure_pretrained(cfg)
         timings["prepare"] = round(time.time() - t, 1)
         log(f"[reproduce] prepared in {timings['prepare']:.1f} s")
-    for i, name in enumerate(names, 1):
+    jobs = []
+    for name in names:
         src = nb_dir / f"{name}.ipynb"
-        dst = out / "notebooks" / f"{name}.ipynb"
-        dst.parent.mkdir(parents=True, exist_ok=True)
         params = {"profile": profile, "output_dir": str(out), "figures_only": figures_only,
                   **notebook_parameters(profile, name), **dict(parameters or {})}
-        try:
-            # Only what the notebook declares (papermill would inject the rest with a warning).
-            declared = pm.inspect_notebook(str(src))
-            params = {k: v for k, v in params.items() if k in declared}
-        except Exception as e:
-            log(f"[reproduce] cannot read {src}: {type(e).__name__}: {e}")
-            status, failure = 1, f"notebook {name} could not be read: {e}"
-            break
-        log(f"[reproduce] [{i}/{len(names)}] {name} ...")
-        t = time.time()
-        try:
-            pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel,
-                                cwd=str(Path.cwd()), progress_bar=False, log_output=False)
-        except pm.PapermillExecutionError as e:
-            failure = f"notebook {name} failed in {_cell_of(e)}"
-        except Exception as e:  # no kernel, unreadable notebook: still name the notebook
-            failure = f"notebook {name} could not run: {type(e).__name__}: {e}"
-            if "No such kernel" in str(e):
-                failure += " (register it with `make setup`)"
-        timings[name] = round(time.time() - t, 1)
+        jobs.append((name, str(src), str(out / "notebooks" / f"{name}.ipynb"), params, kernel,
+                     str(Path.cwd())))
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    # Training notebooks share runs, so they run one after the other. Read-only (figures-only)
+    # notebooks are independent within a phase (07 and 08 read the tables 01-06 write) and run
+    # two at a time.
+    phases = ([[j for j in jobs if j[0] < "07"], [j for j in jobs if j[0] >= "07"]]
+              if figures_only else [[j] for j in jobs])
+    done = 0
+    for phase in phases:
+        if not phase:
+            continue
+        for k, (name, *_) in enumerate(phase):
+            log(f"[reproduce] [{done + k + 1}/{len(names)}] {name} ...")
+        if len(phase) == 1:
+            outcomes = [(phase[0][0], *_execute(*phase[0][1:]))]
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase))) as pool:
+                futures = [(j[0], pool.submit(_execute, *j[1:])) for j in phase]
+                outcomes = [(n, *f.result()) for n, f in futures]
+        for name, seconds, error in outcomes:
+            done += 1
+            timings[name] = seconds
+            if error and failure is None:
+                failure = f"notebook {name} {error}"
+                log(f"[reproduce] FAILED: {failure}")
+                log(f"[reproduce] the executed copy with the error: "
+                    f"{out / 'notebooks' / (name + '.ipynb')}")
+                status = 1
+            elif not error:
+                log(f"[reproduce] [{done}/{len(names)}] {name} done in {seconds:.1f} s")
         if failure:
-            log(f"[reproduce] FAILED: {failure}")
-            log(f"[reproduce] the executed copy with the error: {dst}")
-            status = 1
             break
-        log(f"[reproduce] [{i}/{len(names)}] {name} done in {timings[name]:.1f} s")
     wall = round(time.time() - t0, 1)
     runs_after = _count_finished(runs_dir)
     entry = {

@@ -435,7 +435,10 @@ def _msvd_heldout_note(results: Sequence[RunResult]) -> str:
     scenes = {v: specs[v].scenes for v in corpus.videos}
     ambiguous = 0
     for c in corpus.captions:
-        cap = parse_caption(c.text)
+        try:
+            cap = parse_caption(c.text)
+        except ValueError:  # a corpus written by another generator version
+            return "Held-out evaluation set: captions not parseable, ambiguity not counted."
         if any(is_subsequence(cap, s) for v, s in scenes.items() if v != c.video_id):
             ambiguous += 1
     return (f"Held-out evaluation set: {corpus.num_videos} videos, {corpus.num_captions} captions; "
