@@ -1,0 +1,224 @@
+"""Training step time per pooling head, and the head's share of the step.
+
+One step as `xpool train` does it: encode captions and frames with CLIP, pool, cosine
+similarities, symmetric InfoNCE, backward, gradient-norm clip 1.0, AdamW (the recipe's two
+learning rates and weight decay). Inputs are random tensors of the right shapes (no data loading:
+see ``bench/dataloader.py``), so only compute is timed.
+
+Two sides are timed interleaved for every pooling strategy:
+
+* ``step``: the whole step above.
+* ``head``: the pooling head alone on the step's embeddings (forward, similarities, loss,
+  backward down to the embeddings, AdamW on the head's parameters). ``head / step`` is the head's
+  share of a training step.
+
+Models: ``tiny`` (``xpool-tiny`` at its 64 px with the embedded profile's 8 frames and batch 32)
+and ``vitb32`` (ViT-B/32 at 224 px with the paper's 12 frames; random weights, no download; batch
+4 on a CPU, 32 on a GPU); ``--quick`` runs ``smoke`` (``xpool-smoke``, the smoke profile's sizes)
+only. With CUDA the step runs in bf16 autocast like training does.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BenchReport, apply_threads, bench_parser, time_interleaved  # noqa: E402
+
+POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
+# model key -> (profile whose recipe and sizes it uses, label)
+MODELS = {"smoke": ("smoke", "xpool-smoke"), "tiny": ("embedded", "xpool-tiny"),
+          "vitb32": ("paper-msrvtt9k", "ViT-B/32")}
+# Timed rounds per model (each also gets one warm-up step): a ViT-B/32 step at batch 4 is a
+# TFLOP of work, tens of seconds on 2 CPU cores.
+CPU_ROUNDS = {"smoke": 3, "tiny": 3, "vitb32": 2}
+GPU_ROUNDS = 10
+
+
+def _sync(device: Any) -> Any:
+    import torch
+
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+class StepBench:
+    """A backbone with each pooling head in turn, its optimizer and fixed random inputs."""
+
+    def __init__(self, model_key: str, device: Any, batch_size: int | None, frames: int | None,
+                 precision: str) -> None:
+        import torch
+
+        from xpool.config import load_config
+        from xpool.model.backbone import build_backbone
+
+        self.key = model_key
+        profile, self.label = MODELS[model_key]
+        self.cfg = load_config(profile)
+        self.device = device
+        self.batch_size = batch_size or (4 if model_key == "vitb32" and device.type == "cpu"
+                                         else self.cfg.train.batch_size)
+        self.frames = frames or self.cfg.data.num_frames
+        self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        torch.manual_seed(0)
+        self.backbone = build_backbone(self.cfg.model.backbone, pretrained=None).to(device)
+        size = self.backbone.image_size
+        self.pixels = torch.randn(self.batch_size, self.frames, 3, size, size, device=device)
+        texts = [f"caption number {i} of a video in the benchmark" for i in range(self.batch_size)]
+        self.tokens = self.backbone.tokenize(texts).to(device)
+
+    def params(self) -> dict[str, Any]:
+        bb = self.backbone
+        return {"model": self.label, "backbone": self.cfg.model.backbone, "recipe_profile": self.cfg.profile,
+                "batch_size": self.batch_size, "frames": self.frames, "image_size": bb.image_size,
+                "embed_dim": bb.embed_dim, "bf16_autocast": self.bf16,
+                "backbone_params_m": round(sum(p.numel() for p in bb.parameters()) / 1e6, 2)}
+
+    def model_for(self, pooling: str) -> tuple[Any, Any, Any]:
+        """(model, full optimizer, head-only optimizer or None) for ``pooling``."""
+        import torch
+
+        from xpool.model.pooling import build_pooling
+        from xpool.model.retrieval import RetrievalModel
+        from xpool.train import pooling_options
+
+        self.cfg.model.pooling = pooling
+        head = build_pooling(pooling, self.backbone.embed_dim, **pooling_options(self.cfg)).to(self.device)
+        model = RetrievalModel(self.backbone, head).train()
+        tc = self.cfg.train
+        opt = torch.optim.AdamW(model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay), eps=tc.adam_eps)
+        head_params = list(head.parameters())
+        head_opt = (torch.optim.AdamW(head_params, lr=tc.lr_new, eps=tc.adam_eps,
+                                      weight_decay=tc.weight_decay) if head_params else None)
+        return model, opt, head_opt
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def step(self, model: Any, opt: Any) -> float:
+        """One full training step; returns the loss."""
+        import torch
+
+        from xpool.losses import symmetric_infonce
+
+        opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            text = model.encode_text(self.tokens)
+            frames = model.encode_frames(self.pixels)
+            sims = model.pairwise_similarity(text.float(), frames.float())
+            loss = symmetric_infonce(sims, model.logit_scale)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100.0))
+        return float(loss.detach())
+
+    def embeddings(self, model: Any) -> tuple[Any, Any]:
+        import torch
+
+        with torch.no_grad(), self._autocast():
+            return model.encode_text(self.tokens).float(), model.encode_frames(self.pixels).float()
+
+    def head_step(self, model: Any, head_opt: Any, text: Any, frames: Any) -> None:
+        """The head's part of a step on fixed embeddings (gradients flow back to them too)."""
+        from xpool.losses import symmetric_infonce
+
+        text = text.detach().requires_grad_(True)
+        frames = frames.detach().requires_grad_(True)
+        if head_opt is not None:
+            head_opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            sims = model.pairwise_similarity(text, frames)
+            loss = symmetric_infonce(sims, model.logit_scale.detach())
+        loss.backward()
+        if head_opt is not None:
+            head_opt.step()
+
+
+def run_model(report: BenchReport, bench: StepBench, poolings: list[str], repeats: int) -> None:
+    """Time step and head for every pooling; add the table and headline."""
+    import torch
+
+    rows, results = [], {}
+    sync = _sync(bench.device)
+    for pooling in poolings:
+        model, opt, head_opt = bench.model_for(pooling)
+        text, frames = bench.embeddings(model)
+        if bench.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(bench.device)
+        timings = time_interleaved(
+            {"step": lambda m=model, o=opt: bench.step(m, o),
+             "head": lambda m=model, h=head_opt, t=text, f=frames: bench.head_step(m, h, t, f)},
+            repeats=repeats, warmup=1, sync=sync)
+        step, head = timings["step"], timings["head"]
+        share = head.median / step.median if step.median > 0 else math.nan
+        head_params = sum(p.numel() for p in model.pooling.parameters())
+        rows.append([pooling, step.median * 1e3, head.median * 1e3, 100 * share,
+                     bench.batch_size / step.median, head_params])
+        results[pooling] = {"step": step.to_dict(), "head": head.to_dict(), "head_share": share,
+                            "clips_per_s": bench.batch_size / step.median, "head_params": head_params}
+        if bench.device.type == "cuda":
+            results[pooling]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(bench.device) / 2**30
+        print(f"  {bench.label} {pooling}: step {step.median * 1e3:.1f} ms, head {head.median * 1e3:.2f} ms",
+              flush=True)
+        del model, opt, head_opt
+    p = bench.params()
+    report.results[bench.key] = {**p, "repeats": repeats, "poolings": results}
+    report.add_table(
+        f"{bench.label}: batch {p['batch_size']}, {p['frames']} frames, {p['image_size']} px, "
+        f"{'bf16' if p['bf16_autocast'] else 'fp32'} on {bench.device.type} (median of {repeats} rounds)",
+        ["pooling", "step ms", "head ms", "head % of step", "clips/s", "head params"], rows)
+    if "xpool" in results and "mean" in results:
+        x, m = results["xpool"], results["mean"]
+        report.add_headline(f"X-Pool head share of a {bench.label} training step", 100 * x["head_share"], "%",
+                            detail=f"step {x['step']['median_s'] * 1e3:.0f} ms vs "
+                                   f"{m['step']['median_s'] * 1e3:.0f} ms with mean pooling; batch "
+                                   f"{p['batch_size']}, {p['frames']} frames, {bench.device.type}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training-step benchmark; writes results/bench[/quick]/train_step.json."""
+    parser = bench_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="ViT-B/32 batch (default 4 on CPU, 32 on GPU); tiny uses 32")
+    parser.add_argument("--frames", type=int, default=None, help="frames per video (default: profile's)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
+                        help="default: tiny and vitb32 (quick: smoke)")
+    parser.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=list(POOLINGS))
+    args = parser.parse_args(argv)
+    import torch
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    threads = apply_threads(args)
+    models = args.models or (["smoke"] if args.quick else ["tiny", "vitb32"])
+    report = BenchReport.from_args("train_step", "Training step: forward + backward + AdamW, per pooling head",
+                                   args, device=str(device), models=models, poolings=args.poolings,
+                                   torch_threads=threads,
+                                   inputs="random tensors (no data loading)")
+    for key in models:
+        bench = StepBench(key, device, args.batch_size if key == "vitb32" else None,
+                          args.frames if key == "vitb32" else None, args.precision)
+        print(f"{bench.label}: {bench.params()}", flush=True)
+        repeats = args.repeats or (GPU_ROUNDS if device.type == "cuda" else CPU_ROUNDS[key])
+        run_model(report, bench, args.poolings, repeats)
+        del bench
+    if device.type == "cpu" and "vitb32" in models:
+        report.note("CPU run: ViT-B/32 at batch 4 (the paper trains with 32 on a GPU); run "
+                    "`python -m bench.train_step --device cuda` on a GPU for batch 32 in bf16")
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The benchmark suite's plumbing (not its timings): helpers, the summary, one real subprocess run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from xpool.benchmarks import (
+    BENCHMARKS,
+    available_benchmarks,
+    bench_common,
+    repo_root,
+    run_benchmarks,
+    write_summary,
+)
+from xpool.errors import XPoolError
+
+common = bench_common()
+
+
+def test_time_interleaved_alternates_order_and_counts_calls() -> None:
+    calls: list[str] = []
+    timings = common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                      repeats=3, warmup=1, number=2)
+    # warm-up a, b; then rounds a a b b | b b a a | a a b b
+    assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
+    assert list(timings) == ["a", "b"]
+    assert all(len(t.seconds) == 3 and t.median >= 0 for t in timings.values())
+    with pytest.raises(ValueError):
+        common.time_interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_speedup_and_round_ratios_use_medians_and_rounds() -> None:
+    t = {"fast": common.Timing("fast", [1.0, 2.0, 1.0]), "slow": common.Timing("slow", [4.0, 4.0, 5.0])}
+    assert common.speedup(t, "fast", "slow") == pytest.approx(4.0)  # 4 / 1
+    assert common.round_ratios(t, "fast", "slow") == pytest.approx([4.0, 2.0, 5.0])
+    assert t["fast"].rate(10) == pytest.approx(10.0)
+    assert math.isnan(common.Timing("empty").median)
+
+
+def test_markdown_table_and_number_format() -> None:
+    table = common.markdown_table(["name", "value"], [["x", 1234.5678], ["y", None], ["z", 0.0123456]])
+    lines = table.splitlines()
+    assert lines[0].startswith("| name") and set(lines[1]) <= {"|", "-"}
+    assert "1,235" in table and "0.0123" in table and "| -" in table
+    assert common.fmt(True) == "yes" and common.fmt(float("nan")) == "nan"
+
+
+def test_report_writes_schema_with_machine_info(tmp_path: Path) -> None:
+    report = common.BenchReport("demo", "A demo", quick=True, out_dir=tmp_path, params={"n": 3})
+    report.add_headline("speed", 2.5, "x", ">= 2x", True, "detail")
+    report.add_table("t", ["a", "b"], [[1, float("nan")]], echo=False)
+    report.results["raw"] = {"inf": float("inf")}
+    report.note("a note", echo=False)
+    path = report.write()
+    data = json.loads(path.read_text())  # strict JSON: NaN/inf were turned into null
+    assert path == tmp_path / "demo.json"
+    assert data["name"] == "demo" and data["quick"] is True and data["params"] == {"n": 3}
+    assert data["tables"][0]["rows"] == [[1, None]] and data["results"]["raw"]["inf"] is None
+    for key in ("cpu", "cpu_count", "usable_cores", "torch", "torch_threads", "load_avg_start"):
+        assert key in data["machine"]
+
+
+def test_summary_covers_every_json_including_foreign_ones(tmp_path: Path) -> None:
+    report = common.BenchReport("decode", "Decoding", quick=False, out_dir=tmp_path)
+    report.add_headline("decord vs opencv", 3.0, "x", ">= 2x", True)
+    report.add_table("per video", ["video", "ms"], [["a.mp4", 12.5]], echo=False)
+    report.write()
+    # A JSON written without bench/common.py (e.g. by another script) is listed flat.
+    (tmp_path / "other.json").write_text(json.dumps({"speedup": 21.0, "nested": {"gb": 1.5}}))
+    path = write_summary(tmp_path, {"decode": {"status": "ok", "seconds": 1.0}}, total_s=1.0)
+    text = path.read_text()
+    assert path == tmp_path / "README.md"
+    assert "## Headline numbers" in text and "decord vs opencv" in text and ">= 2x" in text
+    assert "## decode: Decoding" in text and "a.mp4" in text
+    assert "## other" in text and "nested.gb" in text and "21.0" in text
+
+
+def test_available_benchmarks_lists_the_suite_in_order() -> None:
+    names = available_benchmarks(repo_root() / "bench")
+    assert "common" not in names and "__init__" not in names
+    mine = [n for n in ("reproduce", "decode", "dataloader", "train_step") if n in BENCHMARKS]
+    assert [n for n in names if n in mine] == mine
+
+
+def test_unknown_benchmark_name_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(XPoolError, match="unknown benchmark"):
+        run_benchmarks(quick=True, only=["no_such_bench"], out_dir=tmp_path)
+
+
+def test_run_benchmarks_runs_a_script_in_a_subprocess(tmp_path: Path) -> None:
+    """`reproduce --quick` only reads a record (never reruns the study): cheap but real."""
+    rc = run_benchmarks(quick=True, only=["reproduce"], out_dir=tmp_path, timeout_s=240)
+    assert rc == 0
+    data = json.loads((tmp_path / "reproduce.json").read_text())
+    assert data["name"] == "reproduce" and data["quick"] is True
+    summary = (tmp_path / "README.md").read_text()
+    assert "reproduce" in summary and "| ok" in summary
