@@ -196,3 +196,13 @@ def test_held_out_set_is_fixed_distinct_and_separate() -> None:
     assert [s.caption for s in scenes] == caps
     stream_imgs, _ = SceneImageStream(32, seed=0).batch(40)
     assert not any(np.array_equal(a, b) for a, b in zip(imgs, stream_imgs, strict=True))
+
+
+def test_grouped_stream_gives_one_attribute_variants() -> None:
+    _, caps = SceneImageStream(32, seed=5, group_size=4).batch(16)
+    scenes = [parse_caption(c)[0] for c in caps]
+    for g in range(0, 16, 4):
+        base = dataclasses.asdict(scenes[g])
+        for variant in scenes[g + 1 : g + 4]:
+            diff = [k for k, v in dataclasses.asdict(variant).items() if base[k] != v]
+            assert len(diff) == 1, (base, variant)

@@ -71,6 +71,9 @@ class PretrainConfig:
     seed: int = 0
     eval_images: int = 500
     cache_dir: str = "cache/pretrain"
+    # Scenes per group of a batch: a random scene and group_size - 1 one-attribute variants of it
+    # (hard negatives; see xpool.data.synthetic.SceneImageStream). 1 = independent scenes.
+    group_size: int = 4
 
 
 @dataclass
@@ -220,6 +223,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "pretrain.weight_decay": (_nonneg, "a number >= 0"),
     "pretrain.warmup_steps": (_nonneg, "an integer >= 0"),
     "pretrain.eval_images": (_positive, "a positive integer"),
+    "pretrain.group_size": (_positive, "a positive integer"),
     "model.pooling": (_one_of(*POOLINGS), f"one of {POOLINGS}"),
     "model.num_heads": (_positive, "a positive integer"),
     "model.dropout": (_fraction, "a number in [0, 1)"),
