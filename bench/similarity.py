@@ -100,9 +100,12 @@ def _child(spec: dict) -> dict:
     fn(head, t[:16], e[:32])  # warm-up: thread pools, MKL kernels
     exact_peak = _reset_peak()
     base_kb = _proc_status_kb("VmRSS") or 0
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     sims = fn(head, t, e)
     seconds = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     if exact_peak and (hwm := _proc_status_kb("VmHWM")) is not None:
         peak_kb, method = hwm - base_kb, "VmHWM after clear_refs minus VmRSS before"
     else:
@@ -114,6 +117,7 @@ def _child(spec: dict) -> dict:
         np.save(spec["save"], sims.numpy())
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_mb": peak_kb / 1024,
         "peak_method": method,
         "threads": torch.get_num_threads(),
@@ -215,6 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     base = {"frames": frames, "dim": dim, "heads": 1, "seed": 0, "threads": args.threads}
     t0 = time.perf_counter()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"note: load average {load_at_start} on {os.cpu_count()} cores: other work "
+            "competes for the CPU, timings will be inflated"
+        )
 
     import numpy as np
 
@@ -269,10 +279,15 @@ def main(argv: list[str] | None = None) -> dict:
     msvd_flops = fast_path_flops(msvd[1], msvd[0], frames, dim)
     results = {
         "command": "python bench/similarity.py" + (" --quick" if args.quick else ""),
-        "machine": _machine(),
+        "machine": dict(
+            _machine(),
+            load_average_at_start=load_at_start,
+            load_average_at_end=[round(x, 2) for x in os.getloadavg()],
+        ),
         "method": {
             "timing": "wall clock of one call per fresh child process, after a warm-up; "
-            f"plain and fast interleaved, median of {reps}",
+            f"plain and fast interleaved, median of {reps}; cpu_seconds is user+sys CPU time "
+            "of the call (all threads)",
             "peak_memory": runs["fast"][0]["peak_method"],
             "head": "xpool, num_heads=1, random weights (Linear ~ N(0, 1/D), LN gains ~ N(1, 0.09))",
             "plain": "xpool.similarity.plain_similarity_matrix (default memory-budget chunking)",
@@ -290,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
             "fast_peak_mb": med(runs["fast"], "peak_mb"),
             "plain_runs_seconds": [r["seconds"] for r in runs["plain"]],
             "fast_runs_seconds": [r["seconds"] for r in runs["fast"]],
+            "plain_cpu_seconds": med(runs["plain"], "cpu_seconds"),
+            "fast_cpu_seconds": med(runs["fast"], "cpu_seconds"),
             "max_abs_diff": max_abs_diff,
             "identical_ranks": same_ranks,
             "fast_gflop": fast_flops / 1e9,
@@ -304,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
             "fast_seconds": med(msvd_runs, "seconds"),
             "fast_peak_mb": med(msvd_runs, "peak_mb"),
             "runs_seconds": [r["seconds"] for r in msvd_runs],
+            "fast_cpu_seconds": med(msvd_runs, "cpu_seconds"),
             "fast_gflops_per_s": msvd_flops / med(msvd_runs, "seconds") / 1e9,
             "naive_pooled_tensor_gb": msvd[0] * msvd[1] * dim * 4 / 1e9,
         },
