@@ -101,20 +101,24 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
     for i, name in enumerate(names, 1):
         cmd = [python or sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
         print(f"\n[bench] [{i}/{len(names)}] {name}: {' '.join(cmd[1:])}", flush=True)
-        t = time.perf_counter()
+        t, started = time.perf_counter(), time.time()
         try:
             rc = subprocess.run(cmd, cwd=root, env=env, timeout=limit, check=False).returncode
             state = "ok" if rc == 0 else f"failed (exit code {rc})"
         except subprocess.TimeoutExpired:
             state = f"timed out after {limit:.0f} s"
         seconds = time.perf_counter() - t
+        result = out / f"{name}.json"
+        if state == "ok" and (not result.is_file() or result.stat().st_mtime < started):
+            # Not fatal (the script ran), but the summary will not show this run.
+            state = f"ok, but wrote no {name}.json here (it must honour ${common.RESULTS_ENV})"
         status[name] = {"status": state, "seconds": round(seconds, 1)}
         print(f"[bench] {name}: {state} in {seconds:.1f} s", flush=True)
     total = time.perf_counter() - t_suite
     summary = write_summary(out, status, quick=quick, total_s=total)
     print(f"\n[bench] {len(names)} benchmarks in {total:.1f} s; summary: {summary}")
-    failed = [n for n, s in status.items()
-              if s["status"] != "ok" and (s["status"] != "missing" or (only and n in only))]
+    failed = [n for n, s in status.items() if not s["status"].startswith("ok")
+              and (s["status"] != "missing" or (only and n in only))]
     if failed:
         listing = ", ".join(f"{n} ({status[n]['status']})" for n in failed)
         print(f"[bench] not ok: {listing}", file=sys.stderr)
@@ -150,8 +154,9 @@ def _flat(obj: Any, prefix: str = "", depth: int = 3) -> list[tuple[str, Any]]:
 
 def _machine_line(m: dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
-    return (f"{m.get('cpu', '?')}, {m.get('usable_cores', m.get('cpu_count', '?'))} cores "
-            f"(of {m.get('cpu_count', '?')}){gpu}; torch {m.get('torch', '?')}, "
+    cores = m.get("cpu_count", m.get("cores", "?"))
+    return (f"{m.get('cpu', '?')}, {m.get('usable_cores', cores)} cores (of {cores}){gpu}; "
+            f"torch {m.get('torch', '?')}, "
             f"{m.get('torch_threads', '?')} threads")
 
 
@@ -203,11 +208,16 @@ def _section(name: str, data: dict[str, Any], common: Any) -> list[str]:
 
 def write_summary(out: Path, status: dict[str, dict[str, Any]] | None = None, quick: bool = False,
                   total_s: float | None = None) -> Path:
-    """Write ``out/README.md`` summarising every ``out/*.json``; returns its path."""
+    """Write ``out/README.md`` summarising every ``out/*.json``; returns its path.
+
+    Files named ``*-quick.json`` (quick results written next to the full ones by a script that
+    ignores ``XPOOL_BENCH_DIR``) are left out of the full summary.
+    """
     from xpool.io import atomic_write_text
 
     common = bench_common()
-    results = {p.stem: d for p in sorted(out.glob("*.json")) if (d := _load(p)) is not None}
+    results = {p.stem: d for p in sorted(out.glob("*.json"))
+               if (quick or not p.stem.endswith("-quick")) and (d := _load(p)) is not None}
     order = [n for n in BENCHMARKS if n in results] + sorted(set(results).difference(BENCHMARKS))
     title = "Benchmarks (quick check)" if quick else "Benchmarks"
     lines = [f"# {title}", "",
