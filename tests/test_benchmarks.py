@@ -91,6 +91,7 @@ def test_unknown_benchmark_name_is_an_error(tmp_path: Path) -> None:
         run_benchmarks(quick=True, only=["no_such_bench"], out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_run_benchmarks_runs_a_script_in_a_subprocess(tmp_path: Path) -> None:
     """`reproduce --quick` only reads a record (never reruns the study): cheap but real."""
     rc = run_benchmarks(quick=True, only=["reproduce"], out_dir=tmp_path, timeout_s=240)
