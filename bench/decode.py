@@ -236,8 +236,7 @@ def frame_cache_epochs(paths: list[Path], tmp: Path, repeats: int) -> dict[str, 
     corpus = Corpus("bench", "train", tmp, videos,
                     [Caption(v, "a video of moving shapes", f"{v}#0") for v in videos])
     tokenize = open_clip.get_tokenizer("ViT-B-32")
-    transform = VideoTransform(224, (0.48145466, 0.4578275, 0.40821073),
-                               (0.26862954, 0.26130258, 0.27577711), train=True)
+    transform = VideoTransform(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, train=True)
     cache = FrameCache(tmp / "frame_cache", NUM_FRAMES, 224)
     plain = TrainDataset(corpus, tokenize, transform, NUM_FRAMES, "uniform", None, seed=0)
     cached = TrainDataset(corpus, tokenize, transform, NUM_FRAMES, "uniform", cache, seed=0)
