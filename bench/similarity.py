@@ -1,33 +1,38 @@
-"""Benchmark: fast exact X-Pool similarity vs the plain chunked computation.
+"""Exact text-video similarity: the fast X-Pool path against the plain chunked computation.
 
-Usage: ``python bench/similarity.py [--quick] [--reps N] [--out PATH]``
+Usage: ``python -m bench.similarity [--quick] [--repeats N] [--threads N] [--device cpu|cuda]``
+(or ``python bench/similarity.py ...``). Writes ``similarity.json`` to ``results/bench`` (with
+``--quick``: ``results/bench/quick``; ``$XPOOL_BENCH_DIR`` or ``--out`` override), in the record
+format of ``bench/common.py``.
 
-Prints and writes (``results/bench/similarity.json``; ``--quick`` writes
-``results/bench/similarity-quick.json``):
-
-- T = V = 1,000 texts/videos, F = 12 frames, D = 512, an X-Pool head (one attention head) with
-  random weights (not the identity init): wall time of ``plain_similarity_matrix`` (the head's
-  forward over text chunks, normalize, dot) and of ``similarity_matrix`` (the factored fast path),
-  their ratio, the peak memory of each, and the max abs difference / rank agreement of the two.
-- An MSVD-sized problem (670 videos, 27,763 captions, F = 12, D = 512): fast-path time and peak.
+- T = V = 1,000 texts and videos, F = 12 frames, D = 512, an X-Pool head (one attention head)
+  with random weights (not the identity init): wall time of ``plain_similarity_matrix`` (the
+  head's forward over text chunks, L2-normalize, dot) and of ``similarity_matrix`` (the factored
+  fast path), their ratio, the peak memory of each, and the max abs difference and rank agreement
+  of their results.
+- An MSVD-sized problem (670 videos, 27,763 captions, F = 12, D = 512): fast-path time and peak
+  memory (the plain pooled [V, T, D] tensor alone would take 38 GB).
 - Achieved GFLOP/s of the fast path (its arithmetic counted analytically) next to a large
-  float32 matmul on this machine.
+  float32 matmul on the same device.
 
-Method. Every measurement runs in a fresh child process (``--child``) that builds the same
-seeded inputs, warms up on a tiny problem, then resets the kernel's peak-RSS counter (writing 5
-to ``/proc/self/clear_refs``) and reads VmRSS as the baseline. After the timed call, VmHWM minus
-that baseline is the peak extra resident memory of the computation (inputs excluded, output
-included). Where clear_refs is unavailable it falls back to ru_maxrss minus the baseline (an
-upper bound that may include setup). Plain and fast runs are interleaved (plain, fast, plain,
-fast, ...) so that load changes on a shared machine hit both alike; medians are reported.
+``--quick`` shrinks the sizes (128 x 128, and 670 videos x 500 captions), uses one thread, two
+rounds and measures in this process: a plumbing check, not a measurement.
+
+Method. Every measurement runs in a fresh child process that builds the same seeded inputs,
+warms up on a tiny problem, then resets the kernel's peak-RSS counter (writing 5 to
+``/proc/self/clear_refs``) and reads VmRSS as the baseline; after the timed call, VmHWM minus that
+baseline is the computation's peak extra resident memory (inputs excluded, output included).
+Without clear_refs it falls back to ru_maxrss minus the baseline (an upper bound that may include
+setup). On CUDA the peak is ``torch.cuda.max_memory_allocated`` above the allocation before the
+call. A child process per measurement keeps one run's allocator state and peak out of the next.
+Plain and fast runs alternate (plain, fast, fast, plain, ...) so load changes on a shared machine
+hit both alike; medians are reported, and each run's CPU time (user + sys, all threads) too.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,11 +40,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a file: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO_ROOT, BenchReport, apply_threads, bench_parser  # noqa: E402
+
+FRAMES, DIM = 12, 512
+FULL_SIZES = {"square": (1000, 1000), "msvd": (670, 27763)}  # (texts, videos), (videos, captions)
+QUICK_SIZES = {"square": (128, 128), "msvd": (670, 500)}
+TARGET_RATIO = 20.0
+TARGET_MSVD_S = 120.0
+TARGET_MSVD_GB = 4.0
 
 
-# ---- child side -------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- child process
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -53,7 +69,7 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -62,9 +78,8 @@ def _reset_peak() -> bool:
         return False
 
 
-def _make_problem(
-    num_texts: int, num_videos: int, num_frames: int, dim: int, heads: int, seed: int
-):
+def make_problem(num_texts: int, num_videos: int, num_frames: int, dim: int, heads: int, seed: int):
+    """A seeded X-Pool head with random weights and random CLIP-scale inputs."""
     import torch
 
     from xpool.model.pooling import build_pooling
@@ -80,175 +95,172 @@ def _make_problem(
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     head.eval()
-    # CLIP-like scales: raw CLIP ViT-B/32 features have norms around 10.
+    # Raw CLIP ViT-B/32 features have norms around 10: 0.5 * N(0, 1) in 512 dimensions is ~11.
     t = 0.5 * torch.randn(num_texts, dim, generator=g)
     e = 0.5 * torch.randn(num_videos, num_frames, dim, generator=g)
     return head, t, e
 
 
-def _child(spec: dict) -> dict:
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the problem of ``spec``, time one call of the plain or fast path, read its peak."""
     import torch
 
     from xpool.similarity import plain_similarity_matrix, similarity_matrix
 
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    head, t, e = _make_problem(
+    torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    head, t, e = make_problem(
         spec["texts"], spec["videos"], spec["frames"], spec["dim"], spec["heads"], spec["seed"]
     )
+    head, t, e = head.to(device), t.to(device), e.to(device)
     fn = similarity_matrix if spec["kind"] == "fast" else plain_similarity_matrix
-    fn(head, t[:16], e[:32])  # warm-up: thread pools, MKL kernels
-    exact_peak = _reset_peak()
+    fn(head, t[:16], e[:32])  # warm-up: thread pools, BLAS kernels, CUDA context
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_bytes = torch.cuda.memory_allocated(device)
+    exact_peak = _reset_peak_rss()
     base_kb = _proc_status_kb("VmRSS") or 0
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     sims = fn(head, t, e)
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_seconds = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
-    if exact_peak and (hwm := _proc_status_kb("VmHWM")) is not None:
-        peak_kb, method = hwm - base_kb, "VmHWM after clear_refs minus VmRSS before"
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base_bytes) / 2**20
+        method = "torch.cuda.max_memory_allocated above the allocation before the call"
+    elif exact_peak and (hwm := _proc_status_kb("VmHWM")) is not None:
+        peak_mb, method = (hwm - base_kb) / 1024, "VmHWM after clear_refs minus VmRSS before"
     else:
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb
-        method = "ru_maxrss minus VmRSS before (upper bound)"
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+        method = "ru_maxrss minus VmRSS before (an upper bound)"
     if spec.get("save"):
         import numpy as np
 
-        np.save(spec["save"], sims.numpy())
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "peak_mb": peak_kb / 1024,
-        "peak_method": method,
-        "threads": torch.get_num_threads(),
-    }
+        np.save(spec["save"], sims.float().cpu().numpy())
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb, "peak_method": method}
 
 
-def _matmul_gflops(size: int = 4096, inner: int = 512, reps: int = 5) -> float:
-    import torch
-
-    a = torch.randn(size, inner)
-    b = torch.randn(inner, size)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size * size * inner / statistics.median(times) / 1e9
-
-
-# ---- parent side ------------------------------------------------------------------------------
-
-
-def _run_child(spec: dict) -> dict:
+def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
+    if not isolated:
+        return measure(spec)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({spec['kind']}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------- arithmetic
+
+
 def fast_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) -> float:
-    """Multiply-adds x 2 of the one-head fast path (precompute + per-pair work)."""
-    vf = num_videos * num_frames
-    k = num_frames
+    """2 x multiply-adds of the one-head fast path: per-frame precompute, texts, per-pair work."""
+    vf, k = num_videos * num_frames, num_frames
     forms = 3 * k + 3
     precompute = 2 * 2 * vf * dim * dim + 3 * 2 * num_videos * k * k * dim
     texts = 2 * 2 * num_texts * dim * dim
-    per_pair = 2 * num_texts * vf * dim * 2 + 2 * num_texts * num_videos * k * forms
+    per_pair = 2 * 2 * num_texts * vf * dim + 2 * num_texts * num_videos * k * forms
     return float(precompute + texts + per_pair)
 
 
 def plain_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) -> float:
-    """Multiply-adds x 2 of the head's forward over all pairs (out_proj and linear_proj dominate)."""
+    """2 x multiply-adds of the head's forward over all pairs (out_proj, linear_proj, attention)."""
     pairs = num_texts * num_videos
     return float(2 * 2 * pairs * dim * dim + 2 * 2 * pairs * num_frames * dim)
 
 
-def _machine() -> dict:
+def matmul_gflops(device: Any, size: int = 4096, inner: int = 512, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a [size, inner] x [inner, size] matmul (median of ``repeats``)."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_gb = round(int(fh.readline().split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": mem_gb,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    a = torch.randn(size, inner, device=device)
+    b = torch.randn(inner, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * size * size * inner / statistics.median(times) / 1e9
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, print a summary, write the JSON; returns the results."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
-    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions")
-    parser.add_argument("--out", type=Path, default=None, help="results JSON path")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
+# ----------------------------------------------------------------------------- main
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; writes ``<results dir>/similarity.json``."""
+    parser = bench_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--child", default=None, help="internal: one measurement (JSON spec)")
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(_child(json.loads(args.child))))
-        return {}
-
-    if args.quick:
-        square, msvd, reps = (256, 256), (670, 1000), args.reps or 2
-        msvd_reps = 1
-    else:
-        square, msvd, reps = (1000, 1000), (670, 27763), args.reps or 3
-        msvd_reps = reps
-    frames, dim = 12, 512
-    out_path = args.out or ROOT / "results" / "bench" / (
-        "similarity-quick.json" if args.quick else "similarity.json"
-    )
-    base = {"frames": frames, "dim": dim, "heads": 1, "seed": 0, "threads": args.threads}
-    t0 = time.perf_counter()
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"note: load average {load_at_start} on {os.cpu_count()} cores: other work "
-            "competes for the CPU, timings will be inflated"
-        )
+        print(json.dumps(measure(json.loads(args.child))))
+        return 0
 
     import numpy as np
+    import torch
 
     from xpool.metrics import t2v_ranks, v2t_ranks
 
-    runs: dict[str, list[dict]] = {"plain": [], "fast": []}
+    threads = apply_threads(args)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    repeats = args.repeats or (2 if args.quick else 3)
+    isolated = not args.quick  # quick: measure in this process (no child start-up per run)
+    msvd_repeats = 1 if args.quick else repeats
+    (num_texts, num_videos), (msvd_videos, msvd_captions) = sizes["square"], sizes["msvd"]
+    base = {"frames": FRAMES, "dim": DIM, "heads": 1, "seed": 0, "threads": threads}
+    base["device"] = str(device)
+    report = BenchReport.from_args(
+        "similarity",
+        "Exact X-Pool similarity: fast factored path vs plain chunked forward",
+        args,
+        device=str(device),
+        torch_threads=threads,
+        square=[num_texts, num_videos],
+        msvd_sized=[msvd_videos, msvd_captions],
+        frames=FRAMES,
+        dim=DIM,
+        xpool_heads=1,
+        repeats=repeats,
+        weights="random (Linear ~ N(0, 1/D), LayerNorm gains ~ N(1, 0.09), biases ~ N(0, 0.01))",
+        plain="xpool.similarity.plain_similarity_matrix (default memory-budget chunking)",
+        fast="xpool.similarity.similarity_matrix (default memory-budget tiling)",
+    )
+
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "fast": []}
     with tempfile.TemporaryDirectory() as tmp:
         saved = {kind: os.path.join(tmp, f"{kind}.npy") for kind in runs}
-        for rep in range(reps):
-            for kind in ("plain", "fast"):
-                spec = dict(base, kind=kind, texts=square[0], videos=square[1])
-                if rep == 0:
+        for rep in range(repeats):
+            for kind in ("plain", "fast") if rep % 2 == 0 else ("fast", "plain"):
+                spec = dict(base, kind=kind, texts=num_texts, videos=num_videos)
+                if not runs[kind]:
                     spec["save"] = saved[kind]
-                result = _run_child(spec)
-                runs[kind].append(result)
+                run = _run(spec, isolated)
+                runs[kind].append(run)
                 print(
-                    f"  {square[0]}x{square[1]} {kind:5s} rep {rep + 1}/{reps}: "
-                    f"{result['seconds']:.3f} s, peak +{result['peak_mb']:.0f} MB",
+                    f"  {num_texts} x {num_videos} {kind:5s} round {rep + 1}/{repeats}: "
+                    f"{run['seconds']:.3f} s, peak +{run['peak_mb']:.0f} MB",
                     flush=True,
                 )
         plain_sims, fast_sims = np.load(saved["plain"]), np.load(saved["fast"])
-    video_of_text = np.arange(square[0]) % square[1]
+    video_of_text = np.arange(num_texts) % num_videos
     max_abs_diff = float(np.abs(plain_sims - fast_sims).max())
     same_ranks = bool(
         np.array_equal(t2v_ranks(plain_sims, video_of_text), t2v_ranks(fast_sims, video_of_text))
@@ -258,100 +270,121 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     msvd_runs = []
-    for rep in range(msvd_reps):
-        result = _run_child(dict(base, kind="fast", texts=msvd[1], videos=msvd[0]))
-        msvd_runs.append(result)
+    for rep in range(msvd_repeats):
+        run = _run(dict(base, kind="fast", texts=msvd_captions, videos=msvd_videos), isolated)
+        msvd_runs.append(run)
         print(
-            f"  MSVD-sized {msvd[0]} videos x {msvd[1]} captions fast rep {rep + 1}/{msvd_reps}: "
-            f"{result['seconds']:.2f} s, peak +{result['peak_mb']:.0f} MB",
+            f"  MSVD-sized {msvd_videos} videos x {msvd_captions} captions, fast, round "
+            f"{rep + 1}/{msvd_repeats}: {run['seconds']:.2f} s, peak +{run['peak_mb']:.0f} MB",
             flush=True,
         )
+    matmul = matmul_gflops(device)
 
-    import torch
+    plain_s, fast_s = _median(runs["plain"], "seconds"), _median(runs["fast"], "seconds")
+    ratio = plain_s / fast_s
+    plain_mb, fast_mb = _median(runs["plain"], "peak_mb"), _median(runs["fast"], "peak_mb")
+    msvd_s, msvd_mb = _median(msvd_runs, "seconds"), _median(msvd_runs, "peak_mb")
+    fast_gflop = fast_path_flops(num_texts, num_videos, FRAMES, DIM) / 1e9
+    msvd_gflop = fast_path_flops(msvd_captions, msvd_videos, FRAMES, DIM) / 1e9
+    pooled_gb = msvd_videos * msvd_captions * DIM * 4 / 1e9
+    size = f"{num_texts} x {num_videos}"
+    full = not args.quick
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    matmul = _matmul_gflops()
-
-    def med(values: list[dict], key: str) -> float:
-        return float(statistics.median(v[key] for v in values))
-
-    plain_s, fast_s = med(runs["plain"], "seconds"), med(runs["fast"], "seconds")
-    fast_flops = fast_path_flops(square[0], square[1], frames, dim)
-    msvd_flops = fast_path_flops(msvd[1], msvd[0], frames, dim)
-    results = {
-        "command": "python bench/similarity.py" + (" --quick" if args.quick else ""),
-        "machine": dict(
-            _machine(),
-            load_average_at_start=load_at_start,
-            load_average_at_end=[round(x, 2) for x in os.getloadavg()],
-        ),
-        "method": {
-            "timing": "wall clock of one call per fresh child process, after a warm-up; "
-            f"plain and fast interleaved, median of {reps}; cpu_seconds is user+sys CPU time "
-            "of the call (all threads)",
-            "peak_memory": runs["fast"][0]["peak_method"],
-            "head": "xpool, num_heads=1, random weights (Linear ~ N(0, 1/D), LN gains ~ N(1, 0.09))",
-            "plain": "xpool.similarity.plain_similarity_matrix (default memory-budget chunking)",
-            "fast": "xpool.similarity.similarity_matrix (default chunking)",
-        },
+    report.add_headline(
+        f"fast vs plain X-Pool similarity, {size}",
+        ratio,
+        "x",
+        target=f">= {TARGET_RATIO:.0f}x" if full else None,
+        met=ratio >= TARGET_RATIO if full else None,
+        detail=f"plain {plain_s:.2f} s, fast {fast_s:.3f} s; max |diff| {max_abs_diff:.1e}, "
+        f"identical ranks: {same_ranks}",
+    )
+    report.add_headline(
+        f"MSVD-sized fast similarity ({msvd_videos} videos x {msvd_captions} captions)",
+        msvd_s,
+        "s",
+        target=f"< {TARGET_MSVD_S:.0f} s" if full else None,
+        met=msvd_s < TARGET_MSVD_S if full else None,
+        detail=f"peak +{msvd_mb:.0f} MB; the plain pooled tensor alone would be {pooled_gb:.0f} GB",
+    )
+    report.add_headline(
+        "MSVD-sized fast similarity, peak memory",
+        msvd_mb / 1024,
+        "GB",
+        target=f"< {TARGET_MSVD_GB:.0f} GB" if full else None,
+        met=msvd_mb / 1024 < TARGET_MSVD_GB if full else None,
+    )
+    report.add_table(
+        f"X-Pool similarity, {size}, F = {FRAMES}, D = {DIM}, {device.type}, {threads} threads "
+        f"(median of {repeats} rounds{', one child process per run' if isolated else ''})",
+        ["path", "seconds", "CPU seconds", "peak MB", "GFLOP", "GFLOP/s"],
+        [
+            [
+                "plain (forward, normalize, dot)",
+                plain_s,
+                _median(runs["plain"], "cpu_seconds"),
+                plain_mb,
+                plain_path_flops(num_texts, num_videos, FRAMES, DIM) / 1e9,
+                plain_path_flops(num_texts, num_videos, FRAMES, DIM) / 1e9 / plain_s,
+            ],
+            [
+                "fast (factored)",
+                fast_s,
+                _median(runs["fast"], "cpu_seconds"),
+                fast_mb,
+                fast_gflop,
+                fast_gflop / fast_s,
+            ],
+            [
+                f"fast, MSVD-sized ({msvd_videos} x {msvd_captions})",
+                msvd_s,
+                _median(msvd_runs, "cpu_seconds"),
+                msvd_mb,
+                msvd_gflop,
+                msvd_gflop / msvd_s,
+            ],
+            [f"float32 matmul 4096 x 512 x 4096 ({device.type})", None, None, None, None, matmul],
+        ],
+    )
+    report.results = {
         "square": {
-            "texts": square[0],
-            "videos": square[1],
-            "frames": frames,
-            "dim": dim,
+            "texts": num_texts,
+            "videos": num_videos,
+            "plain": runs["plain"],
+            "fast": runs["fast"],
             "plain_seconds": plain_s,
             "fast_seconds": fast_s,
-            "ratio": plain_s / fast_s,
-            "plain_peak_mb": med(runs["plain"], "peak_mb"),
-            "fast_peak_mb": med(runs["fast"], "peak_mb"),
-            "plain_runs_seconds": [r["seconds"] for r in runs["plain"]],
-            "fast_runs_seconds": [r["seconds"] for r in runs["fast"]],
-            "plain_cpu_seconds": med(runs["plain"], "cpu_seconds"),
-            "fast_cpu_seconds": med(runs["fast"], "cpu_seconds"),
+            "ratio": ratio,
+            "plain_peak_mb": plain_mb,
+            "fast_peak_mb": fast_mb,
             "max_abs_diff": max_abs_diff,
             "identical_ranks": same_ranks,
-            "fast_gflop": fast_flops / 1e9,
-            "fast_gflops_per_s": fast_flops / fast_s / 1e9,
-            "plain_gflop": plain_path_flops(square[0], square[1], frames, dim) / 1e9,
+            "fast_gflops_per_s": fast_gflop / fast_s,
         },
         "msvd_sized": {
-            "videos": msvd[0],
-            "captions": msvd[1],
-            "frames": frames,
-            "dim": dim,
-            "fast_seconds": med(msvd_runs, "seconds"),
-            "fast_peak_mb": med(msvd_runs, "peak_mb"),
-            "runs_seconds": [r["seconds"] for r in msvd_runs],
-            "fast_cpu_seconds": med(msvd_runs, "cpu_seconds"),
-            "fast_gflops_per_s": msvd_flops / med(msvd_runs, "seconds") / 1e9,
-            "naive_pooled_tensor_gb": msvd[0] * msvd[1] * dim * 4 / 1e9,
+            "videos": msvd_videos,
+            "captions": msvd_captions,
+            "runs": msvd_runs,
+            "fast_seconds": msvd_s,
+            "fast_peak_mb": msvd_mb,
+            "fast_gflops_per_s": msvd_gflop / msvd_s,
+            "plain_pooled_tensor_gb": pooled_gb,
         },
         "matmul_gflops_per_s": matmul,
-        "bench_seconds": time.perf_counter() - t0,
+        "peak_memory_method": runs["fast"][0]["peak_method"],
     }
-    sq, ms = results["square"], results["msvd_sized"]
-    print(
-        f"\n{sq['texts']} x {sq['videos']} (F={frames}, D={dim}): plain {plain_s:.2f} s "
-        f"(peak +{sq['plain_peak_mb']:.0f} MB), fast {fast_s:.3f} s (peak +{sq['fast_peak_mb']:.0f} "
-        f"MB), ratio {sq['ratio']:.1f}x; max |diff| {max_abs_diff:.1e}, identical ranks: "
-        f"{same_ranks}"
-    )
-    print(
-        f"MSVD-sized ({ms['videos']} videos x {ms['captions']} captions): fast {ms['fast_seconds']:.1f} s, "
-        f"peak +{ms['fast_peak_mb']:.0f} MB (the pooled [V, T, D] tensor alone would be "
-        f"{ms['naive_pooled_tensor_gb']:.0f} GB)"
-    )
-    print(
-        f"fast path {sq['fast_gflops_per_s']:.0f} GFLOP/s ({sq['texts']}x{sq['videos']}), {ms['fast_gflops_per_s']:.0f} "
-        f"GFLOP/s (MSVD) vs float32 matmul {matmul:.0f} GFLOP/s on {results['machine']['cpu']} "
-        f"({results['machine']['torch_threads']} threads)"
-    )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out_path}")
-    return results
+    if args.quick:
+        report.note("quick mode: small sizes and one thread, a plumbing check, not a measurement")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if device.type == "cpu" and load > 0.5 * (os.cpu_count() or 1):
+        report.note(
+            f"load average {load:.1f} on {os.cpu_count()} cores at the end: other processes "
+            "competed for the CPU, so both paths' times are inflated (the fast path more, having "
+            "more, shorter operations)"
+        )
+    report.write()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
