@@ -333,7 +333,8 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
 
-    groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay)
+    # The authors decay every parameter (biases and LayerNorms included); so do we.
+    groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay, exclude_1d_from_decay=False)
     optimizer = torch.optim.AdamW(groups, eps=tc.adam_eps, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, tc.warmup_fraction))
