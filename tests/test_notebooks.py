@@ -96,14 +96,17 @@ def test_every_notebook_executes_under_smoke(tmp_path):
     record = json.loads((out / "reproduce_record.json").read_text())
     assert record["latest"]["kind"] == "first" and record["latest"]["runs_after"] > 0
 
-    # make figures: rebuilds everything from the records without training anything.
+    # make figures: rebuilds tables and figures from the records without training anything
+    # (two notebooks here to keep the tier short; every one runs the same read-only path).
     runs_before = sorted(p.name for p in (out / "runs").iterdir())
     (out / "figures" / "attention_weights.png").unlink()
+    (out / "tables" / "pooling_ablation.csv").unlink()
     t1 = time.time()
     rc = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=NB_DIR, figures_only=True,
-                      log=lines.append)
+                      only=["05_pooling_ablation", "07_figures"], log=lines.append)
     assert rc == 0, "\n".join(lines)
     assert (out / "figures" / "attention_weights.png").is_file()
+    assert (out / "tables" / "pooling_ablation.csv").is_file()
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs_before
     record = json.loads((out / "reproduce_record.json").read_text())
     assert record["latest"]["kind"] == "figures_only"
