@@ -203,10 +203,11 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table (it reads fine in a terminal too)."""
-    cells = [[fmt(c) for c in row] for row in rows]
-    widths = [max([len(str(col))] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-    line = "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"
+    """A GitHub-flavoured markdown table (it reads fine in a terminal too); '|' in cells is escaped."""
+    columns = [str(c).replace("|", "\\|") for c in columns]
+    cells = [[fmt(c).replace("|", "\\|") for c in row] for row in rows]
+    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    line = "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join([line, rule, *body])

@@ -14,7 +14,9 @@ Settings:
   a round short on 2 CPU cores; throughput per clip does not depend on it).
 
 Each worker count has its own DataLoader with persistent workers (started in the warm-up), and
-the settings' rounds are interleaved; one timed call loads a fixed number of batches.
+the settings' rounds are interleaved; one timed call loads a fixed number of batches. Workers
+run torch with one thread (PyTorch's default), the main process with all cores; where that is
+more than one, "0 workers, 1 torch thread" also loads in the main process at one thread.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from bench.common import (  # noqa: E402
     BenchReport,
     apply_threads,
@@ -37,11 +41,11 @@ from bench.common import (  # noqa: E402
 )
 
 WORKERS = (0, 1, 2)
+ONE_THREAD = "0 workers, 1 torch thread"
 
 
 def _loaders(dataset: Any, batch_size: int, num_batches: int) -> dict[str, Any]:
     """One DataLoader per worker count over the first ``num_batches`` batches (fixed order)."""
-    import torch
     from torch.utils.data import DataLoader, Subset
 
     from xpool.data.datasets import collate_train
@@ -54,6 +58,19 @@ def _loaders(dataset: Any, batch_size: int, num_batches: int) -> dict[str, Any]:
             persistent_workers=w > 0, drop_last=True, generator=torch.Generator().manual_seed(0),
         )
     return out
+
+
+def _with_one_thread(fn: Any) -> Any:
+    """``fn`` run with torch limited to one thread (restored afterwards)."""
+    def run() -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
 
 
 def _epoch(loader: Any, dataset: Any, expected: int) -> None:
@@ -73,6 +90,10 @@ def bench_setting(report: BenchReport, key: str, label: str, dataset: Any, batch
     num_batches = min(num_batches, len(dataset) // batch_size)
     loaders = _loaders(dataset, batch_size, num_batches)
     sides = {name: (lambda ld=ld: _epoch(ld, dataset, num_batches)) for name, ld in loaders.items()}
+    if torch.get_num_threads() > 1:
+        # Workers run torch with one thread; the main process with all cores. Loading in the main
+        # process at one thread too separates the worker effect from the threading effect.
+        sides[ONE_THREAD] = _with_one_thread(sides["0 workers"])
     print(f"{label}: {num_batches} batches of {batch_size}, {repeats} rounds", flush=True)
     timings = time_interleaved(sides, repeats=repeats, warmup=1)
     rows = []
@@ -87,6 +108,10 @@ def bench_setting(report: BenchReport, key: str, label: str, dataset: Any, batch
         "speedup_2_workers": speedup(timings, "2 workers", "0 workers"),
         "speedup_2_workers_per_round": round_ratios(timings, "2 workers", "0 workers"),
     }
+    if ONE_THREAD in timings and speedup(timings, ONE_THREAD, "0 workers") > 1.3:
+        report.note(f"{label}: loading in the main process is {speedup(timings, ONE_THREAD, '0 workers'):.1f}x "
+                    f"faster at 1 torch thread than at {torch.get_num_threads()}: the frame transforms are "
+                    f"small operations whose threads wait on each other when the cores are busy")
     best = max(timings, key=lambda k: timings[k].rate(num_batches))
     report.add_headline(f"data loading, {label}", timings[best].rate(num_batches), "batches/s",
                         detail=f"best with {best} ({speedup(timings, best, '0 workers'):.2f}x 0 workers); "

@@ -5,7 +5,8 @@ similarities, symmetric InfoNCE, backward, gradient-norm clip 1.0, AdamW (the re
 learning rates and weight decay). Inputs are random tensors of the right shapes (no data loading:
 see ``bench/dataloader.py``), so only compute is timed.
 
-Two sides are timed interleaved for every pooling strategy:
+Two sides are timed for every pooling strategy, all poolings interleaved round by round (the
+models share one backbone):
 
 * ``step``: the whole step above.
 * ``head``: the pooling head alone on the step's embeddings (forward, similarities, loss,
@@ -28,7 +29,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchReport, apply_threads, bench_parser, time_interleaved  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchReport,
+    apply_threads,
+    bench_parser,
+    round_ratios,
+    time_interleaved,
+)
 
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
 # model key -> (profile whose recipe and sizes it uses, label)
@@ -70,6 +77,7 @@ class StepBench:
         self.pixels = torch.randn(self.batch_size, self.frames, 3, size, size, device=device)
         texts = [f"caption number {i} of a video in the benchmark" for i in range(self.batch_size)]
         self.tokens = self.backbone.tokenize(texts).to(device)
+        self.backbone_opt: Any = None
 
     def params(self) -> dict[str, Any]:
         bb = self.backbone
@@ -78,8 +86,12 @@ class StepBench:
                 "embed_dim": bb.embed_dim, "bf16_autocast": self.bf16,
                 "backbone_params_m": round(sum(p.numel() for p in bb.parameters()) / 1e6, 2)}
 
-    def model_for(self, pooling: str) -> tuple[Any, Any, Any]:
-        """(model, full optimizer, head-only optimizer or None) for ``pooling``."""
+    def model_for(self, pooling: str) -> tuple[Any, Any]:
+        """(model, optimizer of the head's parameters or None) for ``pooling``.
+
+        All models share the backbone, and one AdamW (``self.backbone_opt``) updates it: two
+        optimizers over the recipe's two parameter groups cost what one over both does.
+        """
         import torch
 
         from xpool.model.pooling import build_pooling
@@ -90,24 +102,29 @@ class StepBench:
         head = build_pooling(pooling, self.backbone.embed_dim, **pooling_options(self.cfg)).to(self.device)
         model = RetrievalModel(self.backbone, head).train()
         tc = self.cfg.train
-        opt = torch.optim.AdamW(model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay), eps=tc.adam_eps)
-        head_params = list(head.parameters())
-        head_opt = (torch.optim.AdamW(head_params, lr=tc.lr_new, eps=tc.adam_eps,
-                                      weight_decay=tc.weight_decay) if head_params else None)
-        return model, opt, head_opt
+        # As xpool.train: every parameter decayed, CLIP's at lr_clip, the head's at lr_new.
+        groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay, exclude_1d_from_decay=False)
+        clip = [g for g in groups if g["name"].startswith("clip")]
+        new = [g for g in groups if not g["name"].startswith("clip")]
+        if self.backbone_opt is None:
+            self.backbone_opt = torch.optim.AdamW(clip, eps=tc.adam_eps)
+        head_opt = torch.optim.AdamW(new, eps=tc.adam_eps) if new else None
+        return model, head_opt
 
     def _autocast(self) -> Any:
         import torch
 
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def step(self, model: Any, opt: Any) -> float:
-        """One full training step; returns the loss."""
+    def step(self, model: Any, head_opt: Any) -> float:
+        """One full training step (as xpool.train does it); returns the loss."""
         import torch
 
         from xpool.losses import symmetric_infonce
 
-        opt.zero_grad(set_to_none=True)
+        for opt in (self.backbone_opt, head_opt):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
         with self._autocast():
             text = model.encode_text(self.tokens)
             frames = model.encode_frames(self.pixels)
@@ -115,7 +132,9 @@ class StepBench:
             loss = symmetric_infonce(sims, model.logit_scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
-        opt.step()
+        self.backbone_opt.step()
+        if head_opt is not None:
+            head_opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100.0))
         return float(loss.detach())
@@ -143,46 +162,58 @@ class StepBench:
 
 
 def run_model(report: BenchReport, bench: StepBench, poolings: list[str], repeats: int) -> None:
-    """Time step and head for every pooling; add the table and headline."""
+    """Time step and head of every pooling, all interleaved; add the table and headline.
+
+    Every round runs each pooling's step and head once, so all poolings see the same machine
+    state; the head's share and the difference to mean pooling are medians of per-round values.
+    """
+    import statistics
+
     import torch
 
-    rows, results = [], {}
-    sync = _sync(bench.device)
-    for pooling in poolings:
-        model, opt, head_opt = bench.model_for(pooling)
+    models = {p: bench.model_for(p) for p in poolings}
+    sides: dict[str, Any] = {}
+    for p, (model, head_opt) in models.items():
         text, frames = bench.embeddings(model)
-        if bench.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(bench.device)
-        timings = time_interleaved(
-            {"step": lambda m=model, o=opt: bench.step(m, o),
-             "head": lambda m=model, h=head_opt, t=text, f=frames: bench.head_step(m, h, t, f)},
-            repeats=repeats, warmup=1, sync=sync)
-        step, head = timings["step"], timings["head"]
-        share = head.median / step.median if step.median > 0 else math.nan
-        head_params = sum(p.numel() for p in model.pooling.parameters())
-        mean_step = step.median if pooling == "mean" else results.get("mean", {}).get("step", {}).get("median_s")
-        extra = (step.median - mean_step) * 1e3 if mean_step is not None else None
-        rows.append([pooling, step.median * 1e3, head.median * 1e3, 100 * share, extra,
-                     bench.batch_size / step.median, head_params])
-        results[pooling] = {"step": step.to_dict(), "head": head.to_dict(), "head_share": share,
-                            "clips_per_s": bench.batch_size / step.median, "head_params": head_params}
-        if bench.device.type == "cuda":
-            results[pooling]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(bench.device) / 2**30
-        print(f"  {bench.label} {pooling}: step {step.median * 1e3:.1f} ms, head {head.median * 1e3:.2f} ms",
-              flush=True)
-        del model, opt, head_opt
+        sides[f"{p} step"] = lambda m=model, h=head_opt: bench.step(m, h)
+        sides[f"{p} head"] = lambda m=model, h=head_opt, t=text, f=frames: bench.head_step(m, h, t, f)
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    print(f"  {bench.label}: {len(poolings)} poolings x (step, head), 1 warm-up + {repeats} rounds",
+          flush=True)
+    timings = time_interleaved(sides, repeats=repeats, warmup=1, sync=_sync(bench.device))
+    rows, results = [], {}
+    for p, (model, _) in models.items():
+        step, head = timings[f"{p} step"], timings[f"{p} head"]
+        share = statistics.median(round_ratios(timings, f"{p} step", f"{p} head"))
+        extra = None
+        if "mean" in models:
+            extra = statistics.median(s - m for s, m in zip(step.seconds, timings["mean step"].seconds,
+                                                            strict=True))
+        head_params = sum(q.numel() for q in model.pooling.parameters())
+        rows.append([p, step.median * 1e3, head.median * 1e3, 100 * share,
+                     None if extra is None else extra * 1e3, bench.batch_size / step.median, head_params])
+        results[p] = {"step": step.to_dict(), "head": head.to_dict(), "head_share": share,
+                      "step_minus_mean_s": extra, "clips_per_s": bench.batch_size / step.median,
+                      "head_params": head_params}
     p = bench.params()
     report.results[bench.key] = {**p, "repeats": repeats, "poolings": results}
+    if bench.device.type == "cuda":
+        report.results[bench.key]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(bench.device) / 2**30
     report.add_table(
         f"{bench.label}: batch {p['batch_size']}, {p['frames']} frames, {p['image_size']} px, "
-        f"{'bf16' if p['bf16_autocast'] else 'fp32'} on {bench.device.type} (median of {repeats} rounds)",
+        f"{'bf16' if p['bf16_autocast'] else 'fp32'} on {bench.device.type}, {torch.get_num_threads()} "
+        f"threads (median of {repeats} rounds)",
         ["pooling", "step ms", "head ms", "head % of step", "step - mean-pooling step, ms", "clips/s",
          "head params"], rows)
-    if "xpool" in results and "mean" in results:
-        x, m = results["xpool"], results["mean"]
+    if "xpool" in results:
+        x = results["xpool"]
+        vs_mean = ""
+        if "mean" in results:
+            vs_mean = (f"; vs mean pooling {results['mean']['step']['median_s'] * 1e3:.0f} ms per step, "
+                       f"median per-round difference {x['step_minus_mean_s'] * 1e3:+.0f} ms")
         report.add_headline(f"X-Pool head share of a {bench.label} training step", 100 * x["head_share"], "%",
-                            detail=f"step {x['step']['median_s'] * 1e3:.0f} ms vs "
-                                   f"{m['step']['median_s'] * 1e3:.0f} ms with mean pooling; batch "
+                            detail=f"step {x['step']['median_s'] * 1e3:.0f} ms{vs_mean}; batch "
                                    f"{p['batch_size']}, {p['frames']} frames, {bench.device.type}")
 
 

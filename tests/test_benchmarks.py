@@ -47,6 +47,8 @@ def test_markdown_table_and_number_format() -> None:
     assert lines[0].startswith("| name") and set(lines[1]) <= {"|", "-"}
     assert "1,235" in table and "0.0123" in table and "| -" in table
     assert common.fmt(True) == "yes" and common.fmt(float("nan")) == "nan"
+    # A '|' inside a cell must not split it.
+    assert common.markdown_table(["a"], [["max |diff|"]]).splitlines()[2] == "| max \\|diff\\| |"
 
 
 def test_report_writes_schema_with_machine_info(tmp_path: Path) -> None:
