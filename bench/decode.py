@@ -11,8 +11,11 @@ as uint8 RGB arrays:
   authors' code gets) and, as a check, with one thread like the decord side.
 
 Videos: the real fixture videos (``../shared/fixtures/videos``; skipped with a note where absent)
-and synthetic MSR-VTT-like files (320x240, 15 s, 30 fps, H.264 with x264's default 250-frame
-keyframe interval, written with PyAV into a temporary directory).
+and synthetic MSR-VTT-like files (320x240, 15 s, 30 fps, H.264 with x264's defaults: a keyframe
+at least every 250 frames plus scene-cut keyframes; written with PyAV into a temporary directory).
+For those, the JSON also records the keyframe positions and how many frames each approach has to
+decode: the seek loop decodes from the keyframe before every sampled frame, decord once forward
+through each keyframe interval it needs.
 
 Second part: the decoded-frame cache (:class:`xpool.data.frame_cache.FrameCache`). Throughput of
 a second epoch of the training dataset (decode or cache read + random crop/flip to 224 px) with
@@ -145,6 +148,35 @@ def write_msrvtt_like(path: Path, seed: int, width: int = 320, height: int = 240
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def keyframe_indices(path: Path) -> list[int]:
+    """Display-order indices of the keyframes of a video's first stream (demuxing, no decoding)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = sorted((p for p in container.demux(stream) if p.size and p.pts is not None),
+                         key=lambda p: p.pts)
+        return [i for i, p in enumerate(packets) if p.is_keyframe]
+
+
+def frames_to_decode(keyframes: list[int], targets: list[int]) -> dict[str, int]:
+    """Frames decoded to reach ``targets``: per-frame seek loop vs one forward pass (decord).
+
+    The seek loop decodes from the keyframe at or before each target up to it. decord reads
+    forward and only seeks when the next target lies past another keyframe.
+    """
+    def key_of(t: int) -> int:
+        return max(k for k in keyframes if k <= t)
+
+    seek = sum(t - key_of(t) + 1 for t in targets)
+    forward, pos = 0, -1
+    for t in targets:
+        start = pos + 1 if pos >= 0 and key_of(t) <= pos else key_of(t)
+        forward += t - start + 1
+        pos = t
+    return {"seek_loop": seek, "forward": forward}
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -291,6 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         synth = [write_msrvtt_like(tmp / f"video{i}.mp4", seed=i, **MSRVTT_LIKE) for i in range(num_synth)]
         report.params["synthetic_mb_per_video"] = round(
             sum(p.stat().st_size for p in synth) / len(synth) / 2**20, 3)
+        from xpool.data.video import sample_indices
+
+        targets = sample_indices(MSRVTT_LIKE["fps"] * MSRVTT_LIKE["seconds"], NUM_FRAMES).tolist()
+        gops = []
+        for p in synth:
+            keys = keyframe_indices(p)
+            gops.append({"video": p.name, "keyframes": keys, "frames_to_decode": frames_to_decode(keys, targets)})
+        seek = sum(g["frames_to_decode"]["seek_loop"] for g in gops)
+        forward = sum(g["frames_to_decode"]["forward"] for g in gops)
+        report.results["synthetic_keyframes"] = {"videos": gops, "seek_loop_frames": seek,
+                                                 "forward_frames": forward, "ratio": seek / forward}
+        report.note(f"synthetic videos: {sum(len(g['keyframes']) for g in gops) / len(gops):.1f} keyframes "
+                    f"per 450 frames on average; to reach the 12 frames the seek loop decodes "
+                    f"{seek / forward:.2f}x as many frames as decord's forward pass")
         _record(report, "synthetic", "synthetic 320x240 15 s 30 fps",
                 compare_videos(synth, repeats, not args.quick), headline=True)
 

@@ -102,3 +102,13 @@ def test_run_benchmarks_runs_a_script_in_a_subprocess(tmp_path: Path) -> None:
     assert data["name"] == "reproduce" and data["quick"] is True
     summary = (tmp_path / "README.md").read_text()
     assert "reproduce" in summary and "| ok" in summary
+
+
+def test_frames_to_decode_counts_seek_loop_and_forward_pass() -> None:
+    from bench.decode import frames_to_decode
+
+    # Keyframes at 0 and 10; targets 2, 5, 12. Seek loop: 0..2, 0..5, 10..12 = 3 + 6 + 3.
+    # Forward: 0..2, 3..5, then jump to keyframe 10: 10..12 = 3 + 3 + 3.
+    assert frames_to_decode([0, 10], [2, 5, 12]) == {"seek_loop": 12, "forward": 9}
+    # One keyframe: forward decodes straight through to the last target.
+    assert frames_to_decode([0], [2, 5, 12]) == {"seek_loop": 3 + 6 + 13, "forward": 13}
