@@ -256,11 +256,16 @@ class BenchReport:
         self._start = time.perf_counter()
         self._load_start = _load_avg()
         self._created = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+        self.argv: list[str] = sys.argv[1:]  # for the record's "command"
 
     @classmethod
-    def from_args(cls, name: str, title: str, args: argparse.Namespace, **params: Any) -> BenchReport:
-        """A report for a script parsed with :func:`bench_parser`."""
-        return cls(name, title, quick=args.quick, out_dir=args.out, params=params)
+    def from_args(cls, name: str, title: str, args: argparse.Namespace,
+                  argv: Sequence[str] | None = None, **params: Any) -> BenchReport:
+        """A report for a script parsed with :func:`bench_parser` (``argv``: what it parsed)."""
+        report = cls(name, title, quick=args.quick, out_dir=args.out, params=params)
+        if argv is not None:
+            report.argv = list(argv)
+        return report
 
     def add_headline(self, metric: str, value: float | None, unit: str = "",
                      target: str | None = None, met: bool | None = None, detail: str = "") -> None:
@@ -285,7 +290,7 @@ class BenchReport:
         machine = machine_info()
         machine["load_avg_start"] = self._load_start
         machine["load_avg_end"] = machine.pop("load_avg")
-        argv = [f"python -m bench.{self.name}", *map(shlex.quote, sys.argv[1:])]
+        argv = [f"python -m bench.{self.name}", *map(shlex.quote, self.argv)]
         return {
             "name": self.name,
             "title": self.title,

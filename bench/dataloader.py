@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     threads = apply_threads(args)
     report = BenchReport.from_args("dataloader", "Training data loading: 0, 1, 2 DataLoader workers",
-                                   args, repeats=repeats, workers=list(WORKERS), main_torch_threads=threads,
+                                   args, argv, repeats=repeats, workers=list(WORKERS), main_torch_threads=threads,
                                    worker_torch_threads=1)
     profile = "smoke" if args.quick else "embedded"
     ds, params = profile_dataset(profile)

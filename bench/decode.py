@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     num_synth = args.videos or (1 if args.quick else 6)
     report = BenchReport.from_args(
-        "decode", "Video decoding: decord vs per-frame OpenCV seek loop; frame cache", args,
+        "decode", "Video decoding: decord vs per-frame OpenCV seek loop; frame cache", args, argv,
         frames_per_video=NUM_FRAMES, sampling="uniform", repeats=repeats, synthetic_videos=num_synth,
         synthetic_format=MSRVTT_LIKE, decord_threads=1, opencv_threads="default (FFmpeg auto)",
         opencv=cv2.__version__, cache_size=224,

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = apply_threads(args)
     models = args.models or (["smoke"] if args.quick else ["tiny", "vitb32"])
     report = BenchReport.from_args("train_step", "Training step: forward + backward + AdamW, per pooling head",
-                                   args, device=str(device), models=models, poolings=args.poolings,
+                                   args, argv, device=str(device), models=models, poolings=args.poolings,
                                    torch_threads=threads,
                                    inputs="random tensors (no data loading)")
     for key in models:

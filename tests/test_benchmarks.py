@@ -112,3 +112,21 @@ def test_frames_to_decode_counts_seek_loop_and_forward_pass() -> None:
     assert frames_to_decode([0, 10], [2, 5, 12]) == {"seek_loop": 12, "forward": 9}
     # One keyframe: forward decodes straight through to the last target.
     assert frames_to_decode([0], [2, 5, 12]) == {"seek_loop": 3 + 6 + 13, "forward": 13}
+
+
+def test_reproduce_bench_reads_first_and_cached_runs(tmp_path: Path) -> None:
+    from bench.reproduce import latest_runs, main
+
+    def entry(kind: str, wall: float, status: str = "ok") -> dict:
+        return {"kind": kind, "wall_time_s": wall, "status": status, "finished_at": "t",
+                "runs_before": 0, "runs_after": 5, "notebook_seconds": {"01_msrvtt_9k": wall / 2}}
+
+    record = {"history": [entry("first", 600.0), entry("cached", 30.0), entry("first", 1.0, "failed")]}
+    assert {k: e["wall_time_s"] for k, e in latest_runs(record).items()} == {"first": 600.0, "cached": 30.0}
+    path = tmp_path / "reproduce_record.json"
+    path.write_text(json.dumps(record))
+    assert main(["--record", str(path), "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "reproduce.json").read_text())
+    first, cached = data["headline"]
+    assert first["value"] == 600.0 and first["target"] == "<= 15 min" and first["met"] is True
+    assert cached["value"] == 30.0 and data["results"]["first_over_cached"] == 20.0
