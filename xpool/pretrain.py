@@ -261,7 +261,7 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
         }
     )
     torch_save(backbone.model.state_dict(), out / CHECKPOINT)
-    _write_curve(rows, out, text_from=freeze)
+    _write_curve(rows, out)
     write_json(out / METRICS, metrics)  # last: marks the cache entry complete
     if progress:
         print(
@@ -307,7 +307,7 @@ def evaluate_held_out(
     return out
 
 
-def _write_curve(rows: list[dict[str, float]], out: Path, text_from: int = 0) -> None:
+def _write_curve(rows: list[dict[str, float]], out: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -326,8 +326,6 @@ def _write_curve(rows: list[dict[str, float]], out: Path, text_from: int = 0) ->
     if len(loss) >= k > 1:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, lw=1.6, label=f"mean of {k}")
-    if 0 < text_from < len(rows):
-        ax.axvline(text_from, color="grey", ls="--", lw=0.8, label="text tower starts training")
     ax.set_xlabel("step")
     ax.set_ylabel("symmetric InfoNCE")
     ax.set_title("tiny CLIP pretraining on synthetic scenes")
