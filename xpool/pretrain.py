@@ -5,13 +5,6 @@ model named by `model.backbone` is trained from scratch with the symmetric InfoN
 from `SceneImageStream` and their single-scene captions (the phrases video captions are made of),
 so the video study starts from an encoder that already knows the scene vocabulary.
 
-Recipe: AdamW with linear warmup and cosine decay, batches of scenes grouped with one-attribute
-variants (hard negatives), and two phases: for the first `pretrain.text_freeze` of the steps the
-text tower stays at its random initialisation and only the image tower (and the logit scale)
-learns; then both train. Trained jointly from the first step, the two towers agree early on to
-ignore the attributes that are subtle in pixels (motion, shape) and stay stuck there.
-`python -m xpool.pretrain PROFILE` also reports a frozen mean-pooling check on the video test split.
-
 Results are cached under `pretrain.cache_dir/<key>/`, where the key hashes everything that
 determines the weights (backbone name, the pretrain section, the render resolution and the
 renderer version): `checkpoint.pt` (open_clip state dict, loadable with
