@@ -120,3 +120,30 @@ def test_frozen_mean_pool_check_runs(trained: tuple[Config, Path]) -> None:
     out = pretrain.evaluate_frozen_mean_pool(cfg, ckpt, num_frames=4)
     assert out["chance_R1"] == pytest.approx(100.0 / cfg.synth.num_test)
     assert 0.0 <= out["R1"] <= 100.0 and 1.0 <= out["MnR"] <= cfg.synth.num_test
+
+
+def test_trimmed_text_encoding_matches_the_full_one() -> None:
+    from xpool.data.synthetic import ALL_SCENES, SceneImageStream, caption_for
+
+    torch.manual_seed(0)
+    model = build_backbone("xpool-smoke", pretrained=None)
+    captions = SceneImageStream(32, seed=0).batch(5)[1] + [caption_for(ALL_SCENES[:3]), "a"]
+    tokens = model.tokenize(captions)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pretrain.encode_text_trimmed(model, tokens), model.encode_text(tokens),
+            rtol=1e-5, atol=1e-5,
+        )
+
+
+def test_text_tower_is_frozen_during_phase_one(tmp_path: Path) -> None:
+    cfg = smoke(tmp_path, **{"pretrain.steps": 2, "pretrain.eval_images": 8,
+                             "pretrain.text_freeze": 1.0})
+    saved = torch.load(pretrain.ensure_pretrained(cfg, progress=False), weights_only=True)
+    torch.manual_seed(cfg.pretrain.seed)  # the same initialisation as the pretraining run
+    init = build_backbone(cfg.model.backbone, pretrained=None).model.state_dict()
+    text = [k for k in init if pretrain._is_text_param(k)]
+    assert "token_embedding.weight" in text and "logit_scale" not in text
+    assert all(torch.equal(init[k], saved[k]) for k in text)
+    visual = [k for k in init if k.startswith("visual.") and init[k].is_floating_point()]
+    assert any(not torch.equal(init[k], saved[k]) for k in visual)

@@ -74,6 +74,9 @@ class PretrainConfig:
     # Scenes per group of a batch: a random scene and group_size - 1 one-attribute variants of it
     # (hard negatives; see xpool.data.synthetic.SceneImageStream). 1 = independent scenes.
     group_size: int = 4
+    # Fraction of the steps during which the text tower stays at its random initialisation (only
+    # the image tower learns; see xpool.pretrain). 0 = joint training from the start.
+    text_freeze: float = 0.5
 
 
 @dataclass
@@ -224,6 +227,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "pretrain.warmup_steps": (_nonneg, "an integer >= 0"),
     "pretrain.eval_images": (_positive, "a positive integer"),
     "pretrain.group_size": (_positive, "a positive integer"),
+    "pretrain.text_freeze": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "model.pooling": (_one_of(*POOLINGS), f"one of {POOLINGS}"),
     "model.num_heads": (_positive, "a positive integer"),
     "model.dropout": (_fraction, "a number in [0, 1)"),

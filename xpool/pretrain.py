@@ -5,6 +5,13 @@ model named by `model.backbone` is trained from scratch with the symmetric InfoN
 from `SceneImageStream` and their single-scene captions (the phrases video captions are made of),
 so the video study starts from an encoder that already knows the scene vocabulary.
 
+Recipe: AdamW with linear warmup and cosine decay, batches of scenes grouped with one-attribute
+variants (hard negatives), and two phases: for the first `pretrain.text_freeze` of the steps the
+text tower stays at its random initialisation and only the image tower (and the logit scale)
+learns; then both train. Trained jointly from the first step, the two towers agree early on to
+ignore the attributes that are subtle in pixels (motion, shape) and stay stuck there.
+`python -m xpool.pretrain PROFILE` also reports a frozen mean-pooling check on the video test split.
+
 Results are cached under `pretrain.cache_dir/<key>/`, where the key hashes everything that
 determines the weights (backbone name, the pretrain section, the render resolution and the
 renderer version): `checkpoint.pt` (open_clip state dict, loadable with
@@ -105,20 +112,62 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _is_text_param(name: str) -> bool:
+    """Parameters of the text tower (open_clip CLIP: everything outside `visual.` except the
+    shared logit scale)."""
+    name = name.removeprefix("model.")
+    return not name.startswith("visual.") and name not in ("logit_scale", "logit_bias")
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # As CLIP: no weight decay on gains, biases, embeddings and the logit scale.
-    decay, no_decay = [], []
+    """AdamW groups: [image decay, image no-decay, text decay, text no-decay].
+
+    As CLIP: no weight decay on gains, biases, embeddings and the logit scale. The text groups
+    come last so the schedule can hold them still while the text tower is frozen.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {
+        (t, d): [] for t in (False, True) for d in (True, False)
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "token_embedding" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        no_decay = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        groups[(_is_text_param(name), not no_decay)].append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        for (_, decay), params in groups.items()
     ]
+
+
+def encode_text_trimmed(backbone: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """`backbone.encode_text(tokens)`, computed on the positions up to the last end-of-text token.
+
+    CLIP's text transformer is causal and pools at the end-of-text token, so the padding after
+    it never influences the result: cutting it off gives the same embeddings (up to float
+    rounding) at a fraction of the cost (a scene caption uses 11 of 32 positions). Falls back to
+    the full computation for models that do not have that structure.
+    """
+    m = getattr(backbone, "model", None)
+    mask = getattr(m, "attn_mask", None)
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if (
+        getattr(m, "text_pool_type", None) != "argmax"
+        or mask is None
+        or not all(hasattr(m, name) for name in needed)
+    ):
+        return backbone.encode_text(tokens)
+    eot = tokens.argmax(dim=-1)  # the end-of-text token has the highest id
+    length = int(eot.max()) + 1
+    cast = m.transformer.get_cast_dtype()
+    x = m.token_embedding(tokens[:, :length]).to(cast)
+    x = x + m.positional_embedding[:length].to(cast)
+    x = m.transformer(x, attn_mask=mask[:length, :length])
+    x = m.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    proj = m.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def _pretrain(config: Config, out: Path, progress: bool) -> None:
@@ -134,20 +183,42 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
     backbone.train()
     transform = _transform(backbone)
     stream = SceneImageStream(config.synth.resolution, seed=p.seed, group_size=p.group_size)
+    # The fused kernel is several times faster on CPU; most of the work is the 49k-row token
+    # embedding, whose rows outside the scene vocabulary never get a gradient.
     opt = torch.optim.AdamW(
-        _param_groups(backbone, p.weight_decay), lr=p.lr, betas=(0.9, 0.98), eps=1e-6
+        _param_groups(backbone, p.weight_decay), lr=p.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
+    # Two phases. Trained jointly from scratch, both towers settle into ignoring the attributes
+    # that are subtle in pixels (motion, shape): the text tower learns to drop words the image
+    # tower cannot see yet, which removes the image tower's signal for them. Phase 1 therefore
+    # trains the image tower against the frozen, randomly initialised text tower (whose outputs
+    # differ for every caption); phase 2 trains both, with a fresh warmup for the text tower.
+    freeze = round(p.text_freeze * p.steps)
+    text_params = [q for n, q in backbone.named_parameters() if _is_text_param(n)]
+
+    def text_factor(s: int) -> float:
+        if s < freeze:
+            return 0.0
+        return min(1.0, (s - freeze + 1) / max(1, p.warmup_steps)) * _lr_factor(
+            s, p.warmup_steps, p.steps
+        )
+
+    image_factor = lambda s: _lr_factor(s, p.warmup_steps, p.steps)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _lr_factor(s, p.warmup_steps, p.steps)
+        opt, [image_factor, image_factor, text_factor, text_factor]
     )
     rows: list[dict[str, float]] = []
     bar = tqdm(range(p.steps), desc="pretrain tiny CLIP", unit="step", disable=not progress)
     for step in bar:
+        text_trains = step >= freeze
+        for q in text_params:
+            q.requires_grad_(text_trains)  # frozen: no text backward at all (cheaper steps)
         images, captions = stream.batch(p.batch_size)
         x = transform(images)
         tokens = backbone.tokenize(captions)
         img = F.normalize(backbone.encode_images(x), dim=-1)
-        txt = F.normalize(backbone.encode_text(tokens), dim=-1)
+        with torch.set_grad_enabled(text_trains):
+            txt = F.normalize(encode_text_trimmed(backbone, tokens), dim=-1)
         # Rows are texts, columns images: the loss is symmetric, so the orientation only fixes
         # which term is called t2v.
         loss = symmetric_infonce(txt @ img.T, backbone.logit_scale)
@@ -163,6 +234,7 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
                 "step": step + 1,
                 "loss": float(loss.item()),
                 "lr": float(opt.param_groups[0]["lr"]),
+                "text_lr": float(opt.param_groups[2]["lr"]),
                 "logit_scale": float(backbone.logit_scale.exp().item()),
             }
         )
@@ -189,7 +261,7 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
         }
     )
     torch_save(backbone.model.state_dict(), out / CHECKPOINT)
-    _write_curve(rows, out)
+    _write_curve(rows, out, text_from=freeze)
     write_json(out / METRICS, metrics)  # last: marks the cache entry complete
     if progress:
         print(
@@ -235,7 +307,7 @@ def evaluate_held_out(
     return out
 
 
-def _write_curve(rows: list[dict[str, float]], out: Path) -> None:
+def _write_curve(rows: list[dict[str, float]], out: Path, text_from: int = 0) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -254,6 +326,8 @@ def _write_curve(rows: list[dict[str, float]], out: Path) -> None:
     if len(loss) >= k > 1:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, lw=1.6, label=f"mean of {k}")
+    if 0 < text_from < len(rows):
+        ax.axvline(text_from, color="grey", ls="--", lw=0.8, label="text tower starts training")
     ax.set_xlabel("step")
     ax.set_ylabel("symmetric InfoNCE")
     ax.set_title("tiny CLIP pretraining on synthetic scenes")

@@ -41,7 +41,7 @@ from xpool.io import atomic_write, atomic_write_text, read_json, write_json
 
 # Bump when the rendering or encoding changes: it is part of the corpus hash and the pretraining
 # cache key, so stale corpora and checkpoints are never reused.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 # Bump when the annotation layout changes (also part of the corpus hash).
 FORMAT_VERSION = 1
 
@@ -65,7 +65,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 20),
     "white": (240, 240, 240),
 }
-SHAPES = ("circle", "square", "triangle", "bar", "cross", "ring")
+SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = ("small", "large")
 MOTIONS = ("up", "down", "sideways")
 BACKGROUNDS = ("plain", "stripes", "checks", "dots")
@@ -73,12 +73,12 @@ BACKGROUNDS = ("plain", "stripes", "checks", "dots")
 _BACKGROUND_PHRASE = {"plain": "plain grey", "stripes": "stripes", "checks": "checks", "dots": "dots"}
 _PHRASE_BACKGROUND = {v: k for k, v in _BACKGROUND_PHRASE.items()}
 
-# Object radius as a fraction of the resolution: 0.12 * 1.41 < 0.2, so a crop never makes a small
+# Object radius as a fraction of the resolution: 0.14 * 1.41 < 0.24, so a crop never makes a small
 # object look large.
-_SIZE_RADIUS = {"small": 0.12, "large": 0.2}
+_SIZE_RADIUS = {"small": 0.14, "large": 0.24}
 # Unit directions per motion word; "sideways" picks left or right per scene.
 _DIRECTIONS = {"up": ((0.0, -1.0),), "down": ((0.0, 1.0),), "sideways": ((-1.0, 0.0), (1.0, 0.0))}
-_TRAIL = ((0.7, 0.5), (1.4, 0.25))  # (offset in radii behind the object, opacity)
+_TRAIL = ((0.9, 0.45), (1.8, 0.2))  # (offset in radii behind the object, opacity)
 _NOISE_SIGMA = 4.0
 
 
