@@ -145,3 +145,21 @@ def test_dual_softmax_definition():
     np.testing.assert_allclose(out_t.numpy(), out)
     # The softmax is over the text axis: each column of the prior sums to 1.
     np.testing.assert_allclose((out / sims).sum(axis=0), [1.0, 1.0])
+
+
+def test_dual_softmax_v2t_uses_a_prior_over_videos():
+    # Video 0's own caption (text 0) scores 0.5, below text 1's 0.6: plain v2t rank 2. But text 1
+    # prefers video 1 far more (0.9), so its prior for video 0 is small and DSL ranks text 0 first.
+    sims = np.array([[0.5, 0.1], [0.6, 0.9]])
+    assert v2t_ranks(sims, [0, 1]).tolist() == [2, 1]
+    out = dual_softmax(sims, temperature=10.0, direction="v2t")
+    prior = np.exp(sims * 10.0) / np.exp(sims * 10.0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, sims * prior)
+    assert v2t_ranks(out, [0, 1]).tolist() == [1, 1]
+    # A prior over the query's own candidates would change nothing: it is monotone in the score.
+    same_axis = dual_softmax(sims, temperature=10.0, direction="t2v")
+    assert v2t_ranks(same_axis, [0, 1]).tolist() == [2, 1]
+    torch_out = dual_softmax(torch.tensor(sims), temperature=10.0, direction="v2t")
+    np.testing.assert_allclose(torch_out.numpy(), out)
+    with pytest.raises(XPoolError, match="direction"):
+        dual_softmax(sims, direction="both")

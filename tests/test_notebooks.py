@@ -174,6 +174,11 @@ def test_notebook_selection_per_profile():
         "03_msvd", "05_pooling_ablation", "07_figures", "08_explore"]
     assert rp.notebook_parameters("frozen-msrvtt9k", "01_msrvtt_9k")["mode"] is None
     assert rp.notebook_parameters("embedded", "05_pooling_ablation") == {}
+    # The fine-tuned variant of the embedded study: the pooling ablation only, one seed.
+    assert rp.notebooks_for(load_config("embedded-finetune")) == [
+        "05_pooling_ablation", "07_figures", "08_explore"]
+    params = rp.notebook_parameters("embedded-finetune", "05_pooling_ablation")
+    assert params == {"mode": None, "seeds": [0], "frames": [], "heads": []}
 
 
 def _free_port() -> int:

@@ -107,9 +107,10 @@ def score(pooling: torch.nn.Module, emb: EvalEmbeddings, cfg: EvalConfig,
         "num_videos": int(sims.shape[1]),
     }
     if cfg.dsl:
-        dsl = dual_softmax(sims, cfg.dsl_temperature)
-        result["t2v_dsl"] = t2v_metrics(dsl, emb.video_of_text)
-        result["v2t_dsl"] = v2t_metrics(dsl, emb.video_of_text)
+        t2v_dsl = dual_softmax(sims, cfg.dsl_temperature, "t2v")
+        v2t_dsl = dual_softmax(sims, cfg.dsl_temperature, "v2t")
+        result["t2v_dsl"] = t2v_metrics(t2v_dsl, emb.video_of_text)
+        result["v2t_dsl"] = v2t_metrics(v2t_dsl, emb.video_of_text)
     return result
 
 

@@ -139,25 +139,33 @@ def v2t_metrics(sims: Any, video_of_text: Any) -> dict[str, float]:
     return rank_metrics(v2t_ranks(sims, video_of_text))
 
 
-def dual_softmax(sims: Any, temperature: float = 100.0) -> Any:
+def dual_softmax(sims: Any, temperature: float = 100.0, direction: str = "t2v") -> Any:
     """Dual-softmax (DSL) re-scoring of a [T, V] matrix, as used in CAMoE and X-Pool's evaluation.
 
-    ``sims * softmax(sims * temperature, axis=0)``: each score is multiplied by a prior that says
-    how strongly its video prefers this caption over every other caption (softmax over the text
-    axis, i.e. over the rows of each column). It uses the other queries of the test set, so it is
-    a transductive trick: callers report it in separate columns.
+    Each score is multiplied by a prior over the *other* side of the pair, so that a candidate
+    which many other queries also prefer is pushed down:
 
-    Returns the same type as the input (torch tensor or numpy array).
+    - ``direction="t2v"`` (texts query videos): ``sims * softmax(sims * temperature, axis=0)``,
+      the prior says how strongly the video prefers this caption over every other caption;
+    - ``direction="v2t"`` (videos query texts): ``sims * softmax(sims * temperature, axis=1)``,
+      how strongly the caption prefers this video over every other video.
+
+    (A prior over the query's own candidates would be monotone in the score and change no rank.)
+    It uses the other queries of the test set, so it is a transductive trick: callers report it
+    in separate columns. Returns the same type as the input (torch tensor or numpy array).
     """
+    if direction not in ("t2v", "v2t"):
+        raise XPoolError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+    axis = 0 if direction == "t2v" else 1
     if isinstance(sims, torch.Tensor):
-        return sims * torch.softmax(sims * temperature, dim=0)
+        return sims * torch.softmax(sims * temperature, dim=axis)
     s = np.asarray(sims)
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)
     if s.ndim != 2:
         raise XPoolError(f"sims must be a [T, V] matrix, got shape {tuple(s.shape)}")
     logits = s * temperature
-    logits = logits - logits.max(axis=0, keepdims=True)
+    logits = logits - logits.max(axis=axis, keepdims=True)
     prior = np.exp(logits)
-    prior /= prior.sum(axis=0, keepdims=True)
+    prior /= prior.sum(axis=axis, keepdims=True)
     return s * prior

@@ -62,12 +62,21 @@ PROFILE_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
               "05_pooling_ablation": {"frames": [6], "heads": [8]}},
     "frozen": {"*": {"mode": None, "seeds": [24, 25, 26]},
                "05_pooling_ablation": {"frames": [6], "heads": [8]}},
+    # Fine-tuning costs ~3.3 min a run here: one seed, no head or frame-count variants.
+    "embedded-finetune": {"*": {"mode": None, "seeds": [0]},
+                          "05_pooling_ablation": {"frames": [], "heads": []}},
+}
+# Profiles that run a subset of the notebooks `notebooks_for` would choose.
+PROFILE_NOTEBOOKS: dict[str, tuple[str, ...]] = {
+    "embedded-finetune": ("05_pooling_ablation", "07_figures", "08_explore"),
 }
 
 
 def notebooks_for(cfg: Config) -> list[str]:
     """The notebooks that apply to a profile: all of them for a synthetic corpus; for a real one
     its dataset's table, the pooling ablation, the figures and the explorer."""
+    if Path(cfg.profile).stem in PROFILE_NOTEBOOKS:
+        return list(PROFILE_NOTEBOOKS[Path(cfg.profile).stem])
     if cfg.data.corpus == "synthetic":
         return list(NOTEBOOKS)
     from xpool.study import dataset_key

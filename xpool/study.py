@@ -45,6 +45,9 @@ FROZEN_LR_FACTOR = 10.0
 FROZEN_EPOCH_FACTOR = 4
 # Threads while a frozen-mode head trains (see Study._train).
 HEAD_THREADS = 1
+# Frozen-mode heads of one grid train this many at a time, each in its own process with
+# HEAD_THREADS threads: a head is too small to use two cores, two heads use both.
+HEAD_WORKERS = 2
 
 # Synthetic stand-ins for the real datasets (profiles whose corpus is synthetic): the same
 # protocol on a corpus with that dataset's caption structure. Values: (overrides, description).
@@ -116,6 +119,10 @@ class Study:
     fresh: bool = False
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Parallel frozen-head training (see HEAD_WORKERS); 1 trains one run after the other.
+    workers: int = HEAD_WORKERS
+    # Runs (re)trained by this Study: with `fresh`, a run is retrained once, not at every use.
+    _trained: set[Path] = field(default_factory=set, repr=False)
 
     # ------------------------------------------------------------------ configs
 
@@ -210,79 +217,132 @@ class Study:
         """Train (or read) one run. With figures_only, only read, and fail if it is missing."""
         cfg = self.config(overrides, seed)
         record = RunRecord.for_config(cfg)
-        if self.figures_only or (record.finished and not self.fresh):
-            if not record.finished:
-                raise XPoolError(
-                    f"figures_only: run {record.run_dir} (pooling {cfg.model.pooling}, seed "
-                    f"{cfg.train.seed}, overrides {dict(overrides or {})}) has no finished "
-                    f"record; run `make reproduce PROFILE={self.profile}` (or this notebook with "
-                    f"figures_only=False) first"
-                )
-        else:
+        if self.figures_only and not record.finished:
+            raise XPoolError(
+                f"figures_only: run {record.run_dir} (pooling {cfg.model.pooling}, seed "
+                f"{cfg.train.seed}, overrides {dict(overrides or {})}) has no finished "
+                f"record; run `make reproduce PROFILE={self.profile}` (or this notebook with "
+                f"figures_only=False) first"
+            )
+        if self._needs_training(record):
             record = self._train(cfg)
         return RunResult(record, cfg, dict(labels or {}))
+
+    def _needs_training(self, record: RunRecord) -> bool:
+        if self.figures_only:
+            return False
+        if self.fresh:
+            return record.run_dir not in self._trained
+        return not record.finished
 
     def _train(self, cfg: Config) -> RunRecord:
         """Train one run, printing one line per run (tqdm bars would bloat executed notebooks)."""
         import time
 
-        import torch
-
         from xpool.train import train
 
         t = time.time()
         if cfg.model.frozen:
-            # Features first, with every thread: the backbone pass is the heavy part. The head
-            # then trains on tiny tensors, where one thread is faster than two (no
-            # synchronisation per op; several times faster on a busy 2-core machine).
-            from xpool.features import extract_features, feature_path
-
-            if cfg.model.pretrained == "synthetic":
-                from xpool.pretrain import ensure_pretrained
-
-                # Before extraction: pretraining needs gradients, extraction runs without them.
-                ensure_pretrained(cfg, progress=self.progress)
-            eval_split = "val" if cfg.train.selection == "val" else "test"
-            for split in sorted({"train", eval_split, "test"}):
-                if not feature_path(cfg, split).is_file() and self.progress:
-                    print(f"[study] extracting frozen features of the {split} split "
-                          f"({cfg.data_root}, {cfg.data.num_frames} frames)")
-                extract_features(cfg, split, progress=False)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(HEAD_THREADS)
-            try:
-                record = train(cfg, resume=not self.fresh, fresh=self.fresh, progress=False)
-            finally:
-                torch.set_num_threads(threads)
+            self._prepare_frozen(cfg)
+            record = RunRecord(Path(_train_head(cfg, self.fresh)))
         else:
             record = train(cfg, resume=not self.fresh, fresh=self.fresh, progress=self.progress)
+        self._trained.add(record.run_dir)
+        self._report(record, time.time() - t)
+        return record
+
+    def _report(self, record: RunRecord, seconds: float) -> None:
         if self.progress:
             m = record.metrics()
             print(f"[study] {record.run_dir.name}: t2v R@1 {m['t2v']['R1']:.1f}, v2t R@1 "
-                  f"{m['v2t']['R1']:.1f} ({time.time() - t:.1f} s)")
-        return record
+                  f"{m['v2t']['R1']:.1f} ({seconds:.1f} s)")
+
+    def _prepare_frozen(self, cfg: Config) -> None:
+        """Pretraining (synthetic) and cached features of every split a frozen run reads, with
+        every thread: the backbone pass is the heavy part of a frozen run."""
+        from xpool.features import extract_features, feature_path
+
+        if cfg.model.pretrained == "synthetic":
+            from xpool.pretrain import ensure_pretrained
+
+            # Before extraction: pretraining needs gradients, extraction runs without them.
+            ensure_pretrained(cfg, progress=self.progress)
+        eval_split = "val" if cfg.train.selection == "val" else "test"
+        for split in sorted({"train", eval_split, "test"}):
+            if not feature_path(cfg, split).is_file() and self.progress:
+                print(f"[study] extracting frozen features of the {split} split "
+                      f"({cfg.data_root}, {cfg.data.num_frames} frames)")
+            extract_features(cfg, split, progress=False)
+
+    def _train_heads_in_parallel(self, cfgs: Sequence[Config]) -> None:
+        """Train the frozen runs among `cfgs` that need it, `workers` at a time (each in its own
+        process). Results equal one-at-a-time training: every run is seeded by its own config."""
+        import time
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        todo: dict[Path, Config] = {}
+        for cfg in cfgs:
+            record = RunRecord.for_config(cfg)
+            if cfg.model.frozen and self._needs_training(record):
+                todo.setdefault(record.run_dir, cfg)
+        if len(todo) < 2 or self.workers < 2:
+            return
+        for cfg in todo.values():
+            self._prepare_frozen(cfg)
+        t = time.time()
+        # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)),
+                                 mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_train_head, cfg, self.fresh): d for d, cfg in todo.items()}
+            for future in as_completed(futures):
+                record = RunRecord(Path(future.result()))
+                self._trained.add(record.run_dir)
+                self._report(record, time.time() - t)
 
     def grid(self, variants: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
              seeds: Sequence[int]) -> list[RunResult]:
         """Every (labels, overrides) variant for every seed, seeds outermost so that an
-        interrupted study has complete comparisons for the first seeds."""
+        interrupted study has complete comparisons for the first seeds. Frozen-mode runs train
+        `workers` at a time (times printed are since the grid's parallel phase began)."""
         if not seeds:
             raise ConfigError("seeds must name at least one seed")
-        return [self.run(overrides, seed, labels) for seed in seeds
-                for labels, overrides in variants]
+        jobs = [(overrides, seed, labels) for seed in seeds for labels, overrides in variants]
+        if not self.figures_only:
+            self._train_heads_in_parallel([self.config(o, s) for o, s, _ in jobs])
+        return [self.run(overrides, seed, labels) for overrides, seed, labels in jobs]
+
+
+def _train_head(cfg: Config, fresh: bool) -> str:
+    """Train one frozen-mode run from cached features with HEAD_THREADS threads; returns its run
+    directory. Module-level so that a worker process can run it. A head works on tiny tensors,
+    where one thread is faster than two (no synchronisation per op)."""
+    import torch
+
+    from xpool.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(HEAD_THREADS)
+    try:
+        return str(train(cfg, resume=not fresh, fresh=fresh, progress=False).run_dir)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def open_study(profile: str, output_dir: str | Path | None = None, data_root: str | None = None,
                mode: str | None = None, figures_only: bool = False, fresh: bool = False,
-               progress: bool = True, overrides: Mapping[str, Any] | None = None) -> Study:
+               progress: bool = True, overrides: Mapping[str, Any] | None = None,
+               workers: int = HEAD_WORKERS) -> Study:
     """A Study from a notebook's parameters.
 
     output_dir: the profile's results folder (`tables/`, `figures/`, `runs/` go under it); by
     default `results/<profile>`. Runs are stored under `<output_dir>/runs`, and run records know
     their profile by name, so the folder must be named after the profile.
     mode: None (as the profile says), "finetune" or "frozen" (frozen CLIP features, only the
-    head trains: see FROZEN_LR_FACTOR).
+    head trains: see FROZEN_LR_FACTOR). workers: frozen-mode heads trained at a time.
     """
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     if mode is not None and mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES} or None, got {mode!r}")
     cfg = load_config(profile, dict(overrides or {}))
@@ -294,7 +354,7 @@ def open_study(profile: str, output_dir: str | Path | None = None, data_root: st
         )
     return Study(profile=profile, output_dir=out, data_root=data_root, mode=mode,
                  figures_only=figures_only, fresh=fresh, progress=progress,
-                 overrides=dict(overrides or {}))
+                 overrides=dict(overrides or {}), workers=workers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -632,12 +692,11 @@ def subregion_study(study: Study, ks: Sequence[int], seeds: Sequence[int],
     """Every pooling strategy on synthetic corpora with K scenes per video, for each K."""
     if not study.synthetic:
         raise ConfigError("the sub-region study needs a synthetic profile (it varies synth.scenes)")
-    results: list[RunResult] = []
     for k in ks:
         study.require_corpus({"synth.scenes": int(k)})
-        variants = [({"K": int(k)}, {"synth.scenes": int(k), "model.pooling": p})
-                    for p in poolings]
-        results += study.grid(variants, seeds)
+    # One grid over every K, so parallel frozen-mode training has the whole study to balance.
+    results = study.grid([({"K": int(k)}, {"synth.scenes": int(k), "model.pooling": p})
+                          for k in ks for p in poolings], seeds)
     runs = metrics_frame(results, directions=("t2v",))
     runs = runs[SUBREGION_COLUMNS]
     rows = []
