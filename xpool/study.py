@@ -42,7 +42,7 @@ RESULT_DIRECTIONS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
 # fine-tuning, and there is no augmentation because features are extracted once (the frozen-*
 # profiles make the same changes to the paper recipe).
 FROZEN_LR_FACTOR = 10.0
-FROZEN_EPOCH_FACTOR = 4
+FROZEN_EPOCH_FACTOR = 3
 # Threads while a frozen-mode head trains (see Study._train).
 HEAD_THREADS = 1
 # Frozen-mode heads of one grid train this many at a time, each in its own process with
@@ -298,13 +298,16 @@ class Study:
             for future in as_completed(futures):
                 record = RunRecord(Path(future.result()))
                 self._trained.add(record.run_dir)
-                self._report(record, time.time() - t)
+                self._report(record, record.metrics()["wall_time_s"])
+        if self.progress:
+            print(f"[study] {len(todo)} runs trained {min(self.workers, len(todo))} at a time in "
+                  f"{time.time() - t:.1f} s")
 
     def grid(self, variants: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
              seeds: Sequence[int]) -> list[RunResult]:
         """Every (labels, overrides) variant for every seed, seeds outermost so that an
         interrupted study has complete comparisons for the first seeds. Frozen-mode runs train
-        `workers` at a time (times printed are since the grid's parallel phase began)."""
+        `workers` at a time."""
         if not seeds:
             raise ConfigError("seeds must name at least one seed")
         jobs = [(overrides, seed, labels) for seed in seeds for labels, overrides in variants]
