@@ -48,6 +48,9 @@ HEAD_THREADS = 1
 # Frozen-mode heads of one grid train this many at a time, each in its own process with
 # HEAD_THREADS threads: a head is too small to use two cores, two heads use both.
 HEAD_WORKERS = 2
+# Relative cost of training one head (the 4-layer temporal transformer is the slowest, the
+# parameter-free heads the fastest); only the order of parallel training depends on it.
+HEAD_COST = {"self_attention": 3, "xpool": 2, "topk": 1, "attention": 1, "mean": 0}
 
 # Synthetic stand-ins for the real datasets (profiles whose corpus is synthetic): the same
 # protocol on a corpus with that dataset's caption structure. Values: (overrides, description).
@@ -290,11 +293,13 @@ class Study:
             return
         for cfg in todo.values():
             self._prepare_frozen(cfg)
+        # Longest first, so that no long run starts last while the other worker sits idle.
+        order = sorted(todo, key=lambda d: HEAD_COST.get(todo[d].model.pooling, 0), reverse=True)
         t = time.time()
         # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
         with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)),
                                  mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_train_head, cfg, self.fresh): d for d, cfg in todo.items()}
+            futures = {pool.submit(_train_head, todo[d], self.fresh): d for d in order}
             for future in as_completed(futures):
                 record = RunRecord(Path(future.result()))
                 self._trained.add(record.run_dir)
