@@ -17,6 +17,7 @@ return DataFrames and write `tables/*.csv` + `*.md` under the study's output fol
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,9 +46,21 @@ FROZEN_LR_FACTOR = 10.0
 FROZEN_EPOCH_FACTOR = 3
 # Threads while a frozen-mode head trains (see Study._train).
 HEAD_THREADS = 1
+
+
+def _env_workers(default: int = 2) -> int:
+    raw = os.environ.get("XPOOL_HEAD_WORKERS", str(default))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment variable XPOOL_HEAD_WORKERS must be a positive integer "
+                          f"(parallel frozen-head training), got {raw!r}")
+    return int(raw)
+
+
 # Frozen-mode heads of one grid train this many at a time, each in its own process with
-# HEAD_THREADS threads: a head is too small to use two cores, two heads use both.
-HEAD_WORKERS = 2
+# HEAD_THREADS threads: a head is too small to use two cores, two heads use both. The environment
+# variable XPOOL_HEAD_WORKERS overrides it (the test suite sets 1: its runs take about a second,
+# less than starting a worker process).
+HEAD_WORKERS = _env_workers()
 # Relative cost of training one head (the 4-layer temporal transformer is the slowest, the
 # parameter-free heads the fastest); only the order of parallel training depends on it.
 HEAD_COST = {"self_attention": 3, "xpool": 2, "topk": 1, "attention": 1, "mean": 0}
