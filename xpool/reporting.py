@@ -387,8 +387,15 @@ def plot_pooling_ablation(runs: pd.DataFrame, boot: pd.DataFrame, title: str = "
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
     sns.barplot(data=d, x="strategy", y="R1", order=labels, errorbar="sd", ax=axes[0],
                 color="#9ecae1", capsize=0.15)
-    sns.stripplot(data=d, x="strategy", y="R1", order=labels, ax=axes[0], color="#08519c",
-                  size=5, jitter=0.15)
+    # seaborn draws the jitter from numpy's global RNG: seed it here (and restore it) so that the
+    # same runs always give the same picture.
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        sns.stripplot(data=d, x="strategy", y="R1", order=labels, ax=axes[0], color="#08519c",
+                      size=5, jitter=0.15)
+    finally:
+        np.random.set_state(state)
     axes[0].set(xlabel="", ylabel="text-to-video R@1 (%)", title="R@1 per strategy (bar: mean ± sd "
                 "over seeds, dots: seeds)")
     for tick in axes[0].get_xticklabels():
