@@ -62,13 +62,11 @@ def _loaders(dataset: Any, batch_size: int, num_batches: int) -> dict[str, Any]:
 
 def _with_one_thread(fn: Any) -> Any:
     """``fn`` run with torch limited to one thread (restored afterwards)."""
+    from xpool.train import torch_threads
+
     def run() -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             fn()
-        finally:
-            torch.set_num_threads(threads)
 
     return run
 

@@ -192,3 +192,17 @@ def test_ddp_two_processes_match_one_process(workdir):
     a, b = losses("single"), losses("ddp")
     assert len(a) == len(b) > 1
     assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_torch_threads_limits_and_restores_the_thread_count():
+    import torch
+
+    from xpool.train import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("the count is restored on errors too")
+    assert torch.get_num_threads() == before

@@ -338,16 +338,10 @@ def _train_head(cfg: Config, fresh: bool) -> str:
     """Train one frozen-mode run from cached features with HEAD_THREADS threads; returns its run
     directory. Module-level so that a worker process can run it. A head works on tiny tensors,
     where one thread is faster than two (no synchronisation per op)."""
-    import torch
+    from xpool.train import torch_threads, train
 
-    from xpool.train import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(HEAD_THREADS)
-    try:
+    with torch_threads(HEAD_THREADS):
         return str(train(cfg, resume=not fresh, fresh=fresh, progress=False).run_dir)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def open_study(profile: str, output_dir: str | Path | None = None, data_root: str | None = None,
