@@ -203,7 +203,9 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
             s, p.warmup_steps, p.steps
         )
 
-    image_factor = lambda s: _lr_factor(s, p.warmup_steps, p.steps)  # noqa: E731
+    def image_factor(s: int) -> float:
+        return _lr_factor(s, p.warmup_steps, p.steps)
+
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, [image_factor, image_factor, text_factor, text_factor]
     )

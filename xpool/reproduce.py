@@ -75,8 +75,9 @@ PROFILE_NOTEBOOKS: dict[str, tuple[str, ...]] = {
 def notebooks_for(cfg: Config) -> list[str]:
     """The notebooks that apply to a profile: all of them for a synthetic corpus; for a real one
     its dataset's table, the pooling ablation, the figures and the explorer."""
-    if Path(cfg.profile).stem in PROFILE_NOTEBOOKS:
-        return list(PROFILE_NOTEBOOKS[Path(cfg.profile).stem])
+    name = Path(cfg.profile).stem
+    if name in PROFILE_NOTEBOOKS:
+        return list(PROFILE_NOTEBOOKS[name])
     if cfg.data.corpus == "synthetic":
         return list(NOTEBOOKS)
     from xpool.study import dataset_key
