@@ -23,8 +23,9 @@ setup:  ## create .venv, install the package (editable, dev extras) from the loc
 	$(PY) -m ipykernel install --sys-prefix --name xpool --display-name "Python (xpool)"
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
 
-test:  ## ruff + the whole test suite (unit, integration, notebooks)
+test:  ## ruff + import contracts (lint-imports) + the whole test suite (unit, integration, notebooks)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q
 
 lint:  ## ruff only

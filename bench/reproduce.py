@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # run as a file: make `bench` importable
 
 from bench.common import REPO_ROOT, BenchReport, bench_parser  # noqa: E402
 
-# DESIGN.md section 7: the embedded study within 15 minutes on 2 CPU cores, smoke within 3.
+# Budgets (docs/architecture.md, "Profiles"): the embedded study within 15 minutes on 2 CPU
+# cores, smoke within 3.
 BUDGET_S = {"embedded": 15 * 60, "smoke": 3 * 60}
 KINDS = ("first", "cached", "partial", "figures_only")
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics against hand-computed examples (DESIGN.md section 6)."""
+"""Retrieval metrics against hand-computed examples (docs/architecture.md, "Metric contract")."""
 
 import numpy as np
 import pytest

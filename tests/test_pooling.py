@@ -1,4 +1,7 @@
-"""Pooling heads: shapes, X-Pool formula, invariances, gradients (DESIGN.md section 4)."""
+"""Pooling heads: shapes, X-Pool formula, invariances, gradients.
+
+The formula: docs/architecture.md, "The X-Pool head".
+"""
 
 import pytest
 import torch

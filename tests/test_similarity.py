@@ -1,4 +1,7 @@
-"""The fast exact similarity equals the plain computation (DESIGN.md section 5)."""
+"""The fast exact similarity equals the plain computation.
+
+Derivation: docs/architecture.md, "Fast exact similarity".
+"""
 
 import numpy as np
 import pytest

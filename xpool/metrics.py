@@ -1,6 +1,6 @@
 """Retrieval metrics: text-to-video and video-to-text ranks, R@K, MdR, MnR, dual-softmax.
 
-Contract (DESIGN.md section 6):
+Contract (docs/architecture.md, "Metric contract"):
 
 - ``sims`` is a [T, V] matrix: row t holds caption t's scores against every test video.
 - ``video_of_text`` is a [T] integer array: the column index of caption t's own video.

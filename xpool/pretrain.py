@@ -1,6 +1,7 @@
 """Contrastive image-text pretraining of the tiny CLIP on single synthetic scenes.
 
-This stands in for CLIP's web-scale image-text pretraining (DESIGN.md section 8): the tiny open_clip
+This stands in for CLIP's web-scale image-text pretraining (docs/architecture.md, "The synthetic
+benchmark"): the tiny open_clip
 model named by `model.backbone` is trained from scratch with the symmetric InfoNCE loss on images
 from `SceneImageStream` and their single-scene captions (the phrases video captions are made of),
 so the video study starts from an encoder that already knows the scene vocabulary.

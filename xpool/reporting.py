@@ -65,8 +65,8 @@ class Reference:
         return dict(zip(METRICS, self.values, strict=True))
 
 
-# DESIGN.md section 9. The CLIP4Clip rows are the baselines the X-Pool paper compares against
-# (mean pooling = meanP, self-attention = seqTransf).
+# docs/architecture.md, "Results and reference numbers". The CLIP4Clip rows are the baselines
+# the X-Pool paper compares against (mean pooling = meanP, self-attention = seqTransf).
 REFERENCES: tuple[Reference, ...] = (
     Reference("X-Pool", "xpool", "msrvtt9k", "t2v", (46.9, 72.8, 82.2, 2.0, 14.3),
               "authors' README (R@1), later papers' tables"),

@@ -1,4 +1,6 @@
-"""Exact text-video similarity for evaluation, in bounded memory (DESIGN.md section 5).
+"""Exact text-video similarity for evaluation, in bounded memory.
+
+Derivation and memory budget: docs/architecture.md, "Fast exact similarity".
 
 ``similarity_matrix(pooling, text_embeds [T, D], frame_embeds [V, F, D]) -> [T, V]`` returns the
 cosine between each raw text embedding and the video embedding the head pools for it: the same

@@ -1,6 +1,6 @@
 """Readers for MSR-VTT, MSVD, LSMDC and the synthetic benchmark, all returning one `Corpus` type.
 
-Layout under a corpus root (DESIGN.md section 10)::
+Layout under a corpus root (docs/architecture.md, "Corpora on disk")::
 
     MSR-VTT   root/MSRVTT_data.json, root/MSRVTT_train.9k.csv, root/MSRVTT_train.7k.csv,
               root/MSRVTT_JSFUSION_test.csv, root/videos/video<N>.mp4
@@ -155,7 +155,7 @@ def _download_hint(name: str, root: Path) -> str:
         return "`xpool synth PROFILE` generates the synthetic benchmark"
     if name == "lsmdc":
         return LSMDC_ACCESS
-    return f"see DESIGN.md section 10 for the layout of {name}"
+    return f"see docs/architecture.md (Corpora on disk) for the layout of {name}"
 
 
 def _check_missing(

@@ -1,6 +1,6 @@
 """`xpool download msrvtt|msvd`: fetch the public archives and unpack them into a corpus root.
 
-Sources (DESIGN.md section 10; override any of them with ``urls``):
+Sources (docs/architecture.md, "Corpora on disk"; override any of them with ``urls``):
 
 * MSR-VTT: CLIP4Clip's ``msrvtt_data.zip`` (``MSRVTT_data.json`` and the three split csv files)
   and Frozen-in-Time's ``MSRVTT.zip`` (~6.7 GB, videos under ``MSRVTT/videos/all/``).

@@ -1,4 +1,4 @@
-"""The embedded synthetic text-video benchmark (DESIGN.md section 8).
+"""The embedded synthetic text-video benchmark (docs/architecture.md, "The synthetic benchmark").
 
 A video is a sequence of K scenes. A scene shows one object with five attributes a caption names
 (size, colour, shape, motion, background pattern); the object moves across the frame and leaves a

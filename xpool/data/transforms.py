@@ -1,4 +1,6 @@
-"""Frame transforms for a clip, following the authors' recipe (DESIGN.md section 7).
+"""Frame transforms for a clip, following the authors' recipe.
+
+The recipe: docs/architecture.md, "The authors' recipe".
 
 Train: RandomResizedCrop(S, scale=(0.5, 1)) + horizontal flip (p = 0.5), with the *same* crop and
 flip for every frame of a clip (the authors apply torchvision's transforms to the whole [F, 3, H, W]

@@ -1,4 +1,6 @@
-"""Frame pooling heads: how a video's frame embeddings become one embedding (DESIGN.md section 4).
+"""Frame pooling heads: how a video's frame embeddings become one embedding.
+
+The exact X-Pool head and its baselines: docs/architecture.md, "The X-Pool head".
 
 Every head has the same call: ``forward(text_embeds [T, D], frame_embeds [V, F, D])``.
 Text-agnostic heads (``text_conditioned = False``: ``mean``, ``self_attention``) return [V, D];
@@ -177,7 +179,7 @@ class AttentionPooling(nn.Module):
 class XPool(nn.Module):
     """X-Pool: text-conditioned cross-attention pooling (Gorti et al., CVPR 2022).
 
-    Exactly DESIGN.md section 4::
+    Exactly as in docs/architecture.md, "The X-Pool head"::
 
         t' = layer_norm1(t), e' = layer_norm1(e)
         q = q_proj(t'), k = k_proj(e'), v = v_proj(e')          # num_heads heads of D/num_heads
