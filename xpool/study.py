@@ -526,6 +526,10 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
         ]
     if source == "selected_eval":
         notes.append(_msvd_heldout_note(results))
+    from xpool.recipe import recipe_notes
+
+    # The v2t convention always; for real corpora also every deviation from the authors' recipe.
+    notes += recipe_notes([r.config for r in results], real=real)
     md = reporting.results_markdown(table, title, notes)
     protocol = {"dataset": dataset, "real": real, "description": desc, "mode": mode,
                 "seeds": list(seeds), "poolings": list(poolings), "profile": study.profile,

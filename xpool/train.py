@@ -73,8 +73,9 @@ def pooling_options(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     return {
         "mean": {},
+        # 77 positions, CLIP's text context, as CLIP4Clip's frame_position_embeddings.
         "self_attention": {"num_layers": m.sa_layers, "num_heads": m.sa_heads,
-                           "max_frames": max(64, cfg.data.num_frames)},
+                           "max_frames": max(77, cfg.data.num_frames)},
         "topk": {"k": m.topk},
         "attention": {"temperature": m.attention_temperature},
         "xpool": {"num_heads": m.num_heads, "dropout": m.dropout, "residual": m.residual},
@@ -92,11 +93,19 @@ def make_model(cfg: Config, embed_dim: int | None = None) -> RetrievalModel:
 
             embed_dim = feature_dim(cfg)
         pooling = build_pooling(cfg.model.pooling, embed_dim, **pooling_options(cfg))
+        if cfg.model.pooling == "self_attention" and cfg.model.sa_init == "clip_text":
+            from xpool.pretrain import resolve_pretrained
+
+            # Frozen mode has no backbone in the model; build it once to read its text layers.
+            clip = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
+            pooling.init_from_clip_text(clip.model)
         return RetrievalModel(None, pooling, embed_dim=embed_dim)
     from xpool.pretrain import resolve_pretrained
 
     backbone = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
     pooling = build_pooling(cfg.model.pooling, backbone.embed_dim, **pooling_options(cfg))
+    if cfg.model.pooling == "self_attention" and cfg.model.sa_init == "clip_text":
+        pooling.init_from_clip_text(backbone.model)
     return RetrievalModel(backbone, pooling)
 
 
