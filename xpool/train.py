@@ -283,12 +283,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(cfg: Config, device: torch.device):
-    # fp32 (the authors' precision) disables autocast everywhere.
-    use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
+    """Whether training autocasts to bf16: `bf16`, or `auto` on a GPU. `fp32` (the authors'
+    precision, the paper profiles' default) never does."""
     if cfg.train.precision == "bf16" and device.type != "cuda":
         raise XPoolError("train.precision=bf16 needs a GPU; use auto or fp32 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+
+
+def _autocast(cfg: Config, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=uses_bf16(cfg, device))
 
 
 def clamp_logit_scale_(logit_scale: torch.Tensor, mode: str) -> None:
