@@ -157,8 +157,11 @@ LSMDC_ROWS = [
 
 def test_lsmdc_reader(tmp_path: Path) -> None:
     (tmp_path / "LSMDC16_challenge_1000_publictect.csv").write_text("\n".join(LSMDC_ROWS) + "\n")
-    corpus = load_lsmdc(tmp_path, "test", missing="ignore")
+    # Every row (captions="all"); the authors' reader, which drops the Unbreakable clip, is
+    # tested in test_fidelity_corpora.py.
+    corpus = load_lsmdc(tmp_path, "test", missing="ignore", captions="all")
     assert corpus.num_videos == 3 and corpus.num_captions == 3
+    assert load_lsmdc(tmp_path, "test", missing="ignore").num_videos == 2
     assert corpus.captions[1].text == "She looks at SOMEONE, smiling."
     clip = "1012_Unbreakable_00.05.16.065-00.05.21.941"
     assert corpus.videos[clip] == tmp_path / "videos" / "1012_Unbreakable" / f"{clip}.avi"
@@ -167,7 +170,7 @@ def test_lsmdc_reader(tmp_path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     with pytest.warns(UserWarning, match="1 of 3"):
-        assert load_lsmdc(tmp_path, "test", missing="drop").num_videos == 2
+        assert load_lsmdc(tmp_path, "test", missing="drop", captions="all").num_videos == 2
     (tmp_path / "LSMDC16_annos_training.csv").write_text(LSMDC_ROWS[0] + "\nbroken\trow\n")
     with pytest.raises(CorpusError, match=r"LSMDC16_annos_training.csv:2: expected 6"):
         load_lsmdc(tmp_path, "train", missing="ignore")

@@ -111,7 +111,7 @@ def test_interrupted_run_resumes_to_identical_metrics(workdir, monkeypatch):
 def test_nan_loss_stops_with_the_step(workdir, monkeypatch):
     import xpool.train as tr
 
-    monkeypatch.setattr(tr, "symmetric_infonce", lambda sims, scale: sims.sum() * float("nan"))
+    monkeypatch.setattr(tr, "symmetric_infonce", lambda sims, scale, **kw: sims.sum() * float("nan"))
     with pytest.raises(TrainingError, match="step 1"):
         tr.train(smoke(**{"output.run_name": "nan"}), progress=False)
 

@@ -20,7 +20,15 @@ from xpool.errors import VideoDecodeError, XPoolError
 
 
 def expected_uniform(n: int, f: int) -> list[int]:
-    """The specification, written independently of the implementation: floor((i + 0.5) * n / F)."""
+    """The authors' rule, written independently of the implementation: boundaries
+    b_j = floor(j n / k), k = min(F, n); frame (b_i + b_{i+1} - 1) // 2; the last one repeated."""
+    k = min(f, n)
+    idx = [((i * n) // k + ((i + 1) * n) // k - 1) // 2 for i in range(k)]
+    return idx + [idx[-1]] * (f - k)
+
+
+def expected_midpoint(n: int, f: int) -> list[int]:
+    """The earlier rule (``rule="midpoint"``): floor((i + 0.5) * n / F)."""
     return [int(np.floor((i + 0.5) * n / f)) for i in range(f)]
 
 
@@ -30,23 +38,27 @@ def expected_uniform(n: int, f: int) -> list[int]:
 def test_uniform_indices_match_specification() -> None:
     assert sample_indices(132, 12).tolist() == [5, 16, 27, 38, 49, 60, 71, 82, 93, 104, 115, 126]
     assert sample_indices(12, 12).tolist() == list(range(12))
-    assert sample_indices(24, 12).tolist() == [2 * i + 1 for i in range(12)]
+    assert sample_indices(24, 12).tolist() == [2 * i for i in range(12)]
+    assert sample_indices(24, 12, rule="midpoint").tolist() == [2 * i + 1 for i in range(12)]
     for n in range(1, 400):
         for f in (1, 3, 12):
             idx = sample_indices(n, f)
             assert idx.dtype == np.int64
             assert idx.tolist() == expected_uniform(n, f), (n, f)
+            assert sample_indices(n, f, rule="midpoint").tolist() == expected_midpoint(n, f)
 
 
 def test_short_videos_repeat_frames_in_order() -> None:
     idx = sample_indices(5, 12)
-    assert idx.tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
+    assert idx.tolist() == [0, 1, 2, 3, 4] + [4] * 7
+    assert sample_indices(5, 12, rule="midpoint").tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
     assert sample_indices(1, 12).tolist() == [0] * 12
     for n in range(1, 12):
         for mode in ("uniform", "random"):
-            idx = sample_indices(n, 12, mode, np.random.default_rng(n))
-            assert np.all(np.diff(idx) >= 0), (n, mode, idx)
-            assert idx.min() >= 0 and idx.max() < n
+            for rule in ("authors", "midpoint"):
+                idx = sample_indices(n, 12, mode, np.random.default_rng(n), rule)
+                assert np.all(np.diff(idx) >= 0), (n, mode, idx)
+                assert idx.min() >= 0 and idx.max() < n
         # uniform uses every frame of a short video
         assert set(sample_indices(n, 12).tolist()) == set(range(n))
 
@@ -125,7 +137,7 @@ def test_resize_at_decode(fixture_videos: dict[str, Path]) -> None:
 def test_short_clip_repeats_the_right_frames(tmp_path: Path, suffix: str) -> None:
     path = write_video(tmp_path / f"short{suffix}", num_frames=5)
     frames, idx = sample_frames(path, 12)
-    assert idx.tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
+    assert idx.tolist() == [0, 1, 2, 3, 4] + [4] * 7
     assert nearest_frame(frames, 5).tolist() == idx.tolist()  # the pixels are those frames
 
 

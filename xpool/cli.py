@@ -22,6 +22,19 @@ def _config(args: argparse.Namespace):
     return load_config(args.profile, args.overrides)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from xpool.recipe import deviations
+
+    print(cfg.to_yaml(), end="")
+    devs = deviations(cfg)
+    print("# deviations from the authors' recipe (docs/fidelity.md): "
+          + ("none" if not devs else ""))
+    for key, mine, theirs in devs:
+        print(f"#   {key}: {mine!r} (authors: {theirs!r})")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from xpool.data.synthetic import ensure_corpus
@@ -100,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("profile", help=PROFILE_HELP)
         p.add_argument("overrides", nargs="*", default=[], help=OVERRIDE_HELP)
         return p
+
+    p = with_profile(sub.add_parser("config", help="print the resolved recipe of a profile"))
+    p.set_defaults(func=cmd_config)
 
     p = with_profile(sub.add_parser("synth", help="generate the synthetic corpus and pretrain the tiny CLIP"))
     p.add_argument("--no-pretrain", action="store_true", help="only generate the corpus")

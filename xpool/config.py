@@ -43,6 +43,18 @@ class DataConfig:
     num_workers: int = 0
     missing: str = "error"
     val_videos: int = 0
+    # Folder under the corpus root that holds the videos (same file names), e.g. the
+    # `videos_3fps_224` copies that `xpool prepare compress` writes.
+    videos_dir: str = "videos"
+    # Frame indices: "authors" (their VideoCapture rule) or "midpoint" (floor((i + 0.5) n / F),
+    # this project's earlier rule, kept for the embedded study). See xpool.data.video.
+    sampling_rule: str = "midpoint"
+    # Antialiased resizing (and clamping after bicubic) instead of the authors' plain
+    # torchvision-0.9 tensor resize. See xpool.data.transforms.
+    antialias: bool = True
+    # LSMDC captions: "authors" (one caption per clip id, last one wins, their skipped clip
+    # dropped) or "all" (every row of the annotation file). See xpool.data.corpora.
+    lsmdc_captions: str = "authors"
 
 
 @dataclass
@@ -97,6 +109,9 @@ class ModelConfig:
     attention_temperature: float = 0.01
     sa_layers: int = 4
     sa_heads: int = 8
+    # self_attention (CLIP4Clip seqTransf) initialisation: "clip_text" (CLIP's text transformer
+    # layers and position embedding, as CLIP4Clip) or "random" (CLIP4Clip's own init_weights).
+    sa_init: str = "random"
     frozen: bool = False
 
 
@@ -120,6 +135,13 @@ class TrainConfig:
     selection: str = "test"
     selection_window: int = 1
     log_every: int = 10
+    # "hf_adamw" (Hugging Face transformers' AdamW, the authors' optimizer: eps before the bias
+    # correction) or "torch_adamw" (torch.optim.AdamW). See xpool.optim.
+    optimizer: str = "torch_adamw"
+    # Where the logit scale is capped at ln 100: "param" (the authors: clamp the parameter after
+    # each step, the loss uses exp(scale) as is) or "param_and_loss" (also clamp inside the loss,
+    # which zeroes the scale's gradient at the cap).
+    logit_scale_clamp: str = "param_and_loss"
 
 
 @dataclass
@@ -130,6 +152,10 @@ class EvalConfig:
     chunk_size: int | None = None
     dsl: bool = True
     dsl_temperature: float = 100.0
+    # Video-to-text ranking: "groups" (the authors' and CLIP4Clip's: each video ranks the
+    # caption groups of all videos, a group scored by its best caption) or "captions" (each video
+    # ranks every individual caption). Identical with one caption per video.
+    v2t_convention: str = "captions"
 
 
 @dataclass
@@ -213,6 +239,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "data.num_workers": (_nonneg, "an integer >= 0"),
     "data.missing": (_one_of("error", "drop", "ignore"), "'error', 'drop' or 'ignore'"),
     "data.val_videos": (_nonneg, "an integer >= 0"),
+    "data.videos_dir": (lambda v: v != "" and not Path(v).is_absolute() and ".." not in Path(v).parts,
+                        "a folder name relative to the corpus root (not empty, no '..')"),
+    "data.sampling_rule": (_one_of("authors", "midpoint"), "'authors' or 'midpoint'"),
+    "data.lsmdc_captions": (_one_of("authors", "all"), "'authors' or 'all'"),
     "synth.num_train": (_positive, "a positive integer"),
     "synth.num_test": (_positive, "a positive integer"),
     "synth.scenes": (_positive, "a positive integer"),
@@ -235,6 +265,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.attention_temperature": (_positive, "a positive number"),
     "model.sa_layers": (_positive, "a positive integer"),
     "model.sa_heads": (_positive, "a positive integer"),
+    "model.sa_init": (_one_of("clip_text", "random"), "'clip_text' or 'random'"),
     "train.epochs": (_positive, "a positive integer"),
     "train.batch_size": (lambda v: v >= 2, "an integer >= 2 (contrastive loss needs negatives)"),
     "train.lr_clip": (_nonneg, "a number >= 0"),
@@ -250,9 +281,12 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "train.selection": (_one_of("test", "val"), "'test' or 'val'"),
     "train.selection_window": (_positive, "a positive integer"),
     "train.log_every": (_positive, "a positive integer"),
+    "train.optimizer": (_one_of("hf_adamw", "torch_adamw"), "'hf_adamw' or 'torch_adamw'"),
+    "train.logit_scale_clamp": (_one_of("param", "param_and_loss"), "'param' or 'param_and_loss'"),
     "eval.batch_size": (_positive, "a positive integer"),
     "eval.chunk_size": (lambda v: v is None or v > 0, "a positive integer or null"),
     "eval.dsl_temperature": (_positive, "a positive number"),
+    "eval.v2t_convention": (_one_of("groups", "captions"), "'groups' or 'captions'"),
 }
 
 

@@ -98,19 +98,20 @@ def score(pooling: torch.nn.Module, emb: EvalEmbeddings, cfg: EvalConfig,
         pooling.train(was_training)
     result: dict[str, Any] = {
         "t2v": t2v_metrics(sims, emb.video_of_text),
-        "v2t": v2t_metrics(sims, emb.video_of_text),
+        "v2t": v2t_metrics(sims, emb.video_of_text, cfg.v2t_convention),
         "ranks": {
             "t2v": t2v_ranks(sims, emb.video_of_text).tolist(),
-            "v2t": v2t_ranks(sims, emb.video_of_text).tolist(),
+            "v2t": v2t_ranks(sims, emb.video_of_text, cfg.v2t_convention).tolist(),
         },
         "num_texts": int(sims.shape[0]),
         "num_videos": int(sims.shape[1]),
+        "v2t_convention": cfg.v2t_convention,
     }
     if cfg.dsl:
         t2v_dsl = dual_softmax(sims, cfg.dsl_temperature, "t2v")
         v2t_dsl = dual_softmax(sims, cfg.dsl_temperature, "v2t")
         result["t2v_dsl"] = t2v_metrics(t2v_dsl, emb.video_of_text)
-        result["v2t_dsl"] = v2t_metrics(v2t_dsl, emb.video_of_text)
+        result["v2t_dsl"] = v2t_metrics(v2t_dsl, emb.video_of_text, cfg.v2t_convention)
     return result
 
 

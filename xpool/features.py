@@ -54,6 +54,12 @@ def features_dir(cfg: Config) -> Path:
         "pretrained": cfg.model.pretrained,
         "pretrain": cfg.fingerprint(["pretrain"]) if cfg.model.pretrained == "synthetic" else None,
     }
+    # Frame sampling, resizing and which videos/captions: only when they differ from the
+    # defaults, so caches written before these keys existed stay valid.
+    defaults = type(cfg.data)()
+    for k in ("sampling_rule", "antialias", "videos_dir", "lsmdc_captions"):
+        if getattr(cfg.data, k) != getattr(defaults, k):
+            key[k] = getattr(cfg.data, k)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
@@ -90,7 +96,7 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
     model = RetrievalModel(backbone, build_pooling("mean", backbone.embed_dim))
     model.to(device).eval()
     transform = VideoTransform(backbone.image_size, backbone.image_mean, backbone.image_std,
-                               train=False)
+                               train=False, antialias=cfg.data.antialias)
     parts = out.parent / f"{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     paths = [corpus.videos[v] for v in es.video_ids]
@@ -103,7 +109,7 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
         if max_shards is not None and done >= max_shards:
             return out  # interrupted on purpose; the next call resumes
         clips = VideoClipDataset(paths[i * shard_size : (i + 1) * shard_size], transform,
-                                 cfg.data.num_frames)
+                                 cfg.data.num_frames, rule=cfg.data.sampling_rule)
         feats = embed_videos(model, clips, cfg.eval.batch_size, device, cfg.data.num_workers)
         torch_save(feats.half(), shard)
         done += 1

@@ -18,6 +18,7 @@ def symmetric_infonce(
     logit_scale: Tensor,
     offset: int = 0,
     sims_v2t: Tensor | None = None,
+    clamp_in_loss: bool = True,
 ) -> Tensor:
     """Mean of the text-to-video and video-to-text cross-entropies; positives on the diagonal.
 
@@ -28,7 +29,8 @@ def symmetric_infonce(
             text-conditioned heads ``sims`` comes from ``RetrievalModel.pairwise_similarity``
             like for the others.
         logit_scale: CLIP's *log* scale (the learnable parameter, e.g. ``model.logit_scale``);
-            the logits are ``sims * min(exp(logit_scale), 100)``.
+            the logits are ``sims * exp(logit_scale)``, or ``sims * min(exp(logit_scale), 100)``
+            with ``clamp_in_loss``.
         offset: column of local row 0's positive (this rank's start in the gathered batch).
         sims_v2t: DDP only, [B_local, B_global]: this rank's videos (rows) against the texts of
             all ranks (for X-Pool: ``pairwise_similarity(all_texts, local_frames).T``). With it
@@ -36,6 +38,9 @@ def symmetric_infonce(
             losses gives the full-batch loss (the open_clip gather scheme). Without it, the
             video-to-text term of a non-square ``sims`` uses the local block only: local video
             ``offset + i`` against this rank's B_local texts.
+        clamp_in_loss: also cap the scale at 100 here. The authors do not: they clamp the
+            parameter after each optimizer step (``xpool.train.clamp_logit_scale_``), so at the
+            cap the scale keeps a non-zero gradient. Clamping here zeroes it above 100.
 
     Returns:
         scalar loss.
@@ -54,7 +59,9 @@ def symmetric_infonce(
         raise XPoolError(
             f"sims_v2t must have the shape of sims {tuple(sims.shape)}, got {tuple(sims_v2t.shape)}"
         )
-    scale = logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    scale = logit_scale.exp()
+    if clamp_in_loss:
+        scale = scale.clamp(max=MAX_LOGIT_SCALE)
     targets = torch.arange(offset, offset + rows, device=sims.device)
     t2v = F.cross_entropy(sims * scale, targets)
     if sims_v2t is not None:

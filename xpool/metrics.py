@@ -9,6 +9,14 @@ Contract (docs/architecture.md, "Metric contract"):
   constant similarity matrix therefore gets the worst possible rank, never the best.
 - A NaN ground-truth score also gets the worst rank (a NaN compares false with everything,
   which would otherwise give rank 0).
+- Video-to-text has two conventions (``V2T_CONVENTIONS``), equal when every video has one
+  caption and always equal at R@1:
+
+  * ``"groups"``: the authors' (``modules/metrics.py: v2t_metrics``) and CLIP4Clip's. Each
+    video ranks the *caption groups* of all V videos, a group scored by its best caption for
+    that video; the rank is its own group's place among V.
+  * ``"captions"``: each video ranks all T captions; the rank is the place of its best own
+    caption among T (so other captions of its own video count against it).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 from xpool.errors import XPoolError
 
 __all__ = [
+    "V2T_CONVENTIONS",
     "dual_softmax",
     "rank_metrics",
     "t2v_metrics",
@@ -28,6 +37,9 @@ __all__ = [
     "v2t_metrics",
     "v2t_ranks",
 ]
+
+
+V2T_CONVENTIONS = ("groups", "captions")
 
 
 def _as_numpy(x: Any, name: str) -> np.ndarray:
@@ -84,8 +96,10 @@ def t2v_ranks(sims: Any, video_of_text: Any) -> np.ndarray:
     return ranks
 
 
-def v2t_ranks(sims: Any, video_of_text: Any) -> np.ndarray:
-    """Rank (from 1) of each video's best-placed own caption among all captions.
+def v2t_ranks(sims: Any, video_of_text: Any, convention: str = "captions") -> np.ndarray:
+    """Video-to-text rank (from 1) of each video, by ``convention`` (module docstring).
+
+    ``"captions"``: the rank of each video's best-placed own caption among all captions.
 
     Each video is a query over every caption (a column of ``sims``). The rank of a caption is the
     number of captions scoring >= it in that column; the video's rank is the best (smallest) rank
@@ -94,6 +108,8 @@ def v2t_ranks(sims: Any, video_of_text: Any) -> np.ndarray:
     Raises:
         XPoolError: if a video has no caption (its rank would be undefined).
     """
+    if convention not in V2T_CONVENTIONS:
+        raise XPoolError(f"unknown v2t convention {convention!r}; expected one of {V2T_CONVENTIONS}")
     s, v = _check_inputs(sims, video_of_text)
     num_texts, num_videos = s.shape
     counts = np.bincount(v, minlength=num_videos)
@@ -104,6 +120,8 @@ def v2t_ranks(sims: Any, video_of_text: Any) -> np.ndarray:
             f"{num_videos} videos have none (first indices: {missing[:5].tolist()}). Drop those "
             "videos (columns) before computing video-to-text metrics."
         )
+    if convention == "groups":
+        return _v2t_group_ranks(s, v, num_videos)
     own = s[np.arange(num_texts), v].astype(np.float64)
     # NaN own scores must not win the max: they are treated as the worst possible score.
     own = np.where(np.isnan(own), -np.inf, own)
@@ -112,6 +130,18 @@ def v2t_ranks(sims: Any, video_of_text: Any) -> np.ndarray:
     ranks = np.count_nonzero(s >= best[None, :].astype(s.dtype), axis=0).astype(np.int64)
     # Every own caption NaN (or -inf): nothing reliable was scored, give the worst rank.
     ranks[~np.isfinite(best)] = num_texts
+    return ranks
+
+
+def _v2t_group_ranks(s: np.ndarray, v: np.ndarray, num_videos: int) -> np.ndarray:
+    # group[g, u]: the best score of video g's captions against video u (NaN -> -inf, as the
+    # authors' code does before its max).
+    vals = np.where(np.isnan(s), -np.inf, s.astype(np.float64))
+    group = np.full((num_videos, num_videos), -np.inf)
+    np.maximum.at(group, v, vals)
+    own = np.diagonal(group)  # own[u] = group[u, u]
+    ranks = np.count_nonzero(group >= own[None, :], axis=0).astype(np.int64)
+    ranks[~np.isfinite(own)] = num_videos
     return ranks
 
 
@@ -134,9 +164,9 @@ def t2v_metrics(sims: Any, video_of_text: Any) -> dict[str, float]:
     return rank_metrics(t2v_ranks(sims, video_of_text))
 
 
-def v2t_metrics(sims: Any, video_of_text: Any) -> dict[str, float]:
-    """Video-to-text R1, R5, R10, MdR, MnR (best rank among each video's captions)."""
-    return rank_metrics(v2t_ranks(sims, video_of_text))
+def v2t_metrics(sims: Any, video_of_text: Any, convention: str = "captions") -> dict[str, float]:
+    """Video-to-text R1, R5, R10, MdR, MnR under ``convention`` (``"groups"`` or ``"captions"``)."""
+    return rank_metrics(v2t_ranks(sims, video_of_text, convention))
 
 
 def dual_softmax(sims: Any, temperature: float = 100.0, direction: str = "t2v") -> Any:

@@ -526,6 +526,10 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
         ]
     if source == "selected_eval":
         notes.append(_msvd_heldout_note(results))
+    from xpool.recipe import recipe_notes
+
+    # The v2t convention always; for real corpora also every deviation from the authors' recipe.
+    notes += recipe_notes([r.config for r in results], real=real)
     md = reporting.results_markdown(table, title, notes)
     protocol = {"dataset": dataset, "real": real, "description": desc, "mode": mode,
                 "seeds": list(seeds), "poolings": list(poolings), "profile": study.profile,
@@ -873,13 +877,13 @@ def video_frames(cfg: Config, video_id: str, num_frames: int | None = None) -> n
 
         path = load_split(cfg, "test").videos.get(video_id)
     if path is not None and Path(path).is_file():
-        return sample_frames(path, f)[0]
+        return sample_frames(path, f, rule=cfg.data.sampling_rule)[0]
     if cfg.data.corpus != "synthetic":
         raise CorpusError(f"video {video_id} is not on disk under {cfg.data_root}")
     from xpool.data.synthetic import render_video
 
     frames = render_video(_synthetic_specs(cfg)[video_id], cfg.synth)
-    return frames[sample_indices(len(frames), f)]
+    return frames[sample_indices(len(frames), f, rule=cfg.data.sampling_rule)]
 
 
 def named_frames(cfg: Config, video_id: str, caption: str,
@@ -899,7 +903,7 @@ def named_frames(cfg: Config, video_id: str, caption: str,
     except ValueError:  # free text, or a scene this video does not have
         return None
     total = len(spec.scenes) * cfg.synth.frames_per_scene
-    idx = sample_indices(total, num_frames or cfg.data.num_frames)
+    idx = sample_indices(total, num_frames or cfg.data.num_frames, rule=cfg.data.sampling_rule)
     return np.array([int(i) // cfg.synth.frames_per_scene in named for i in idx])
 
 

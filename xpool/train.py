@@ -34,6 +34,7 @@ from xpool.evaluate import EvalEmbeddings, embed_texts, embed_videos, score
 from xpool.io import torch_save, write_json
 from xpool.losses import symmetric_infonce
 from xpool.model.retrieval import RetrievalModel
+from xpool.optim import build_optimizer
 from xpool.runs import CsvLog, RunRecord
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr_clip", "lr_new", "logit_scale", "batch", "skipped",
@@ -72,8 +73,9 @@ def pooling_options(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     return {
         "mean": {},
+        # 77 positions, CLIP's text context, as CLIP4Clip's frame_position_embeddings.
         "self_attention": {"num_layers": m.sa_layers, "num_heads": m.sa_heads,
-                           "max_frames": max(64, cfg.data.num_frames)},
+                           "max_frames": max(77, cfg.data.num_frames)},
         "topk": {"k": m.topk},
         "attention": {"temperature": m.attention_temperature},
         "xpool": {"num_heads": m.num_heads, "dropout": m.dropout, "residual": m.residual},
@@ -91,11 +93,19 @@ def make_model(cfg: Config, embed_dim: int | None = None) -> RetrievalModel:
 
             embed_dim = feature_dim(cfg)
         pooling = build_pooling(cfg.model.pooling, embed_dim, **pooling_options(cfg))
+        if cfg.model.pooling == "self_attention" and cfg.model.sa_init == "clip_text":
+            from xpool.pretrain import resolve_pretrained
+
+            # Frozen mode has no backbone in the model; build it once to read its text layers.
+            clip = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
+            pooling.init_from_clip_text(clip.model)
         return RetrievalModel(None, pooling, embed_dim=embed_dim)
     from xpool.pretrain import resolve_pretrained
 
     backbone = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
     pooling = build_pooling(cfg.model.pooling, backbone.embed_dim, **pooling_options(cfg))
+    if cfg.model.pooling == "self_attention" and cfg.model.sa_init == "clip_text":
+        pooling.init_from_clip_text(backbone.model)
     return RetrievalModel(backbone, pooling)
 
 
@@ -125,7 +135,9 @@ def load_split(cfg: Config, split: str) -> Corpus:
     """The corpus of a split. For corpora without a validation split (MSR-VTT, synthetic),
     `val` is `data.val_videos` training videos held out (fixed seed) and removed from `train`."""
     native_val = cfg.data.corpus in ("msvd", "lsmdc")
-    kwargs: dict[str, Any] = {"missing": cfg.data.missing}
+    kwargs: dict[str, Any] = {"missing": cfg.data.missing, "videos_dir": cfg.data.videos_dir}
+    if cfg.data.corpus == "lsmdc":
+        kwargs["captions"] = cfg.data.lsmdc_captions
     if cfg.data.corpus in ("msrvtt", "synthetic"):
         kwargs["train_list"] = cfg.data.train_list
     if split == "val" and native_val:
@@ -169,9 +181,11 @@ def build_eval_embeddings(cfg: Config, model: RetrievalModel, split: str, device
     corpus = load_split(cfg, split)
     es = EvalSet(corpus)
     bb = model.backbone
-    transform = VideoTransform(bb.image_size, bb.image_mean, bb.image_std, train=False)
+    transform = VideoTransform(bb.image_size, bb.image_mean, bb.image_std, train=False,
+                               antialias=cfg.data.antialias)
     clips = VideoClipDataset([corpus.videos[v] for v in es.video_ids], transform,
-                             cfg.data.num_frames, frame_cache=_frame_cache(cfg, bb.image_size))
+                             cfg.data.num_frames, frame_cache=_frame_cache(cfg, bb.image_size),
+                             rule=cfg.data.sampling_rule)
     model.eval()
     frames = embed_videos(model, clips, cfg.eval.batch_size, device, cfg.data.num_workers, progress)
     texts = embed_texts(model, es.texts, cfg.eval.batch_size, device, progress)
@@ -221,9 +235,9 @@ def _train_dataset(cfg: Config, model: RetrievalModel):
 
     bb = model.backbone
     transform = VideoTransform(bb.image_size, bb.image_mean, bb.image_std,
-                               train=cfg.data.train_augment)
+                               train=cfg.data.train_augment, antialias=cfg.data.antialias)
     return TrainDataset(load_split(cfg, "train"), bb.tokenize, transform, cfg.data.num_frames,
-                        sampling=cfg.data.train_sampling,
+                        sampling=cfg.data.train_sampling, rule=cfg.data.sampling_rule,
                         frame_cache=_frame_cache(cfg, bb.image_size), seed=cfg.train.seed)
 
 
@@ -269,11 +283,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(cfg: Config, device: torch.device):
-    use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
+    """Whether training autocasts to bf16: `bf16`, or `auto` on a GPU. `fp32` (the authors'
+    precision, the paper profiles' default) never does."""
     if cfg.train.precision == "bf16" and device.type != "cuda":
         raise XPoolError("train.precision=bf16 needs a GPU; use auto or fp32 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+
+
+def _autocast(cfg: Config, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=uses_bf16(cfg, device))
+
+
+def clamp_logit_scale_(logit_scale: torch.Tensor, mode: str) -> None:
+    """Cap the log scale at ln 100 in place after a step. "param" is the authors' clamp (upper
+    bound only); "param_and_loss" keeps this project's earlier [0, ln 100] range."""
+    if mode == "param":
+        logit_scale.clamp_(max=math.log(100.0))
+    else:
+        logit_scale.clamp_(0, math.log(100.0))
 
 
 def _eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
@@ -348,11 +377,12 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
 
     # The authors decay every parameter (biases and LayerNorms included); so do we.
     groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay, exclude_1d_from_decay=False)
-    optimizer = torch.optim.AdamW(groups, eps=tc.adam_eps, betas=(0.9, 0.999))
+    optimizer = build_optimizer(tc.optimizer, groups, eps=tc.adam_eps, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, tc.warmup_fraction))
-    objective: torch.nn.Module = ContrastiveObjective(model, info, cfg.model.frozen,
-                                                          cfg.data.num_frames)
+    objective: torch.nn.Module = ContrastiveObjective(
+        model, info, cfg.model.frozen, cfg.data.num_frames,
+        clamp_in_loss=tc.logit_scale_clamp == "param_and_loss")
     if info.enabled:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -438,10 +468,12 @@ class ContrastiveObjective(torch.nn.Module):
     batch and the result does not depend on how many processes share it.
     """
 
-    def __init__(self, model: RetrievalModel, info: DistInfo, frozen: bool, num_frames: int):
+    def __init__(self, model: RetrievalModel, info: DistInfo, frozen: bool, num_frames: int,
+                 clamp_in_loss: bool = True):
         super().__init__()
         self.model, self.info, self.frozen = model, info, frozen
         self.num_frames = num_frames
+        self.clamp_in_loss = clamp_in_loss
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         if self.frozen:
@@ -463,7 +495,8 @@ class ContrastiveObjective(torch.nn.Module):
             # touches every parameter keeps DDP's gradient bookkeeping consistent.
             return sum(p.sum() for p in self.model.parameters()) * 0.0, n
         sims = self.model.pairwise_similarity(text, frames)
-        return symmetric_infonce(sims, self.model.logit_scale), n
+        return symmetric_infonce(sims, self.model.logit_scale,
+                                 clamp_in_loss=self.clamp_in_loss), n
 
 
 def _train_step(cfg: Config, model: RetrievalModel, objective: torch.nn.Module, batch: dict,
@@ -489,7 +522,7 @@ def _train_step(cfg: Config, model: RetrievalModel, objective: torch.nn.Module, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(100.0))
+        clamp_logit_scale_(model.logit_scale, cfg.train.logit_scale_clamp)
     return float(loss.item()), n
 
 

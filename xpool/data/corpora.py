@@ -307,24 +307,45 @@ def load_msvd(
     return Corpus(name="msvd", split=split, root=root, videos=videos, captions=captions)
 
 
+# The one clip the authors' reader skips (datasets/lsmdc_dataset.py).
+LSMDC_AUTHORS_SKIPPED = "1012_Unbreakable_00.05.16.065-00.05.21.941"
+LSMDC_CAPTION_MODES = ("authors", "all")
+
+
 def lsmdc_movie(clip_id: str) -> str:
-    """The movie folder of an LSMDC clip: the clip id without its trailing time span."""
-    stripped = _LSMDC_TIMESTAMP.sub("", clip_id)
-    if stripped != clip_id:
-        return stripped
-    # Unusual id: fall back to dropping the last "_"-separated part.
-    return clip_id.rsplit("_", 1)[0] if "_" in clip_id else clip_id
+    """The movie folder of an LSMDC clip, by the authors' rule: ``clip_id.split('.')[0][:-3]``.
+
+    For ``<movie>_HH.MM.SS.mmm-HH.MM.SS.mmm`` that is ``<movie>`` (the text before the first
+    dot, less its ``_HH``).
+    """
+    folder = clip_id.split(".")[0][:-3]
+    if not folder:
+        raise CorpusError(
+            f"lsmdc: clip id {clip_id!r} does not look like <movie>_HH.MM.SS.mmm-HH.MM.SS.mmm; "
+            "its movie folder (the authors' rule: the text before the first '.', less 3 "
+            "characters) would be empty"
+        )
+    return folder
 
 
 def load_lsmdc(
-    root: str | Path, split: str, missing: str = "error", *, videos_dir: str = "videos"
+    root: str | Path, split: str, missing: str = "error", *, videos_dir: str = "videos",
+    captions: str = "authors",
 ) -> Corpus:
-    """LSMDC16: tab-separated rows of 6 fields (clip id first, caption last), one caption per clip."""
+    """LSMDC16: tab-separated rows of 6 fields (clip id first, caption last).
+
+    ``captions="authors"`` mirrors the authors' reader: one caption per clip id (a later row of
+    the same clip replaces the earlier one, as their dict does), and the clip
+    ``LSMDC_AUTHORS_SKIPPED`` is left out. ``captions="all"`` keeps every row. Videos are
+    ``root/videos_dir/<lsmdc_movie(clip id)>/<clip id>.avi``.
+    """
     root = Path(root)
     if split not in LSMDC_FILES:
         raise CorpusError(f"lsmdc: unknown split {split!r}; expected 'train', 'val' or 'test'")
+    if captions not in LSMDC_CAPTION_MODES:
+        raise CorpusError(f"lsmdc: captions must be one of {LSMDC_CAPTION_MODES}, got {captions!r}")
     path = _require_file(root / LSMDC_FILES[split], "lsmdc", LSMDC_ACCESS)
-    captions: list[Caption] = []
+    rows: list[Caption] = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -336,12 +357,18 @@ def load_lsmdc(
                     f"{path}:{line_no}: expected 6 tab-separated fields, got {len(fields)}: {line[:120]!r}"
                 )
             clip_id, text = fields[0].strip(), fields[-1].strip()
-            captions.append(Caption(video_id=clip_id, text=text, caption_id=f"{clip_id}#{line_no}"))
+            rows.append(Caption(video_id=clip_id, text=text, caption_id=f"{clip_id}#{line_no}"))
+    if captions == "authors":
+        by_clip: dict[str, Caption] = {}
+        for c in rows:
+            if c.video_id != LSMDC_AUTHORS_SKIPPED:
+                by_clip[c.video_id] = c  # insertion order of the first row, text of the last
+        rows = list(by_clip.values())
     videos = {
-        c.video_id: root / videos_dir / lsmdc_movie(c.video_id) / f"{c.video_id}.avi" for c in captions
+        c.video_id: root / videos_dir / lsmdc_movie(c.video_id) / f"{c.video_id}.avi" for c in rows
     }
-    videos, captions = _check_missing("lsmdc", split, root, videos_dir, videos, captions, missing)
-    return Corpus(name="lsmdc", split=split, root=root, videos=videos, captions=captions)
+    videos, rows = _check_missing("lsmdc", split, root, videos_dir, videos, rows, missing)
+    return Corpus(name="lsmdc", split=split, root=root, videos=videos, captions=rows)
 
 
 def _load_synthetic(root: str | Path, split: str, **kw: Any) -> Corpus:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from xpool.data.corpora import Corpus
 from xpool.data.frame_cache import FrameCache
 from xpool.data.transforms import VideoTransform
-from xpool.data.video import SAMPLING_MODES, sample_frames
+from xpool.data.video import SAMPLING_MODES, SAMPLING_RULES, sample_frames
 from xpool.errors import VideoDecodeError
 
 __all__ = ["TrainDataset", "collate_train", "EvalSet", "VideoClipDataset"]
@@ -56,7 +56,10 @@ class TrainDataset(Dataset):
         sampling: str = "uniform",
         frame_cache: FrameCache | None = None,
         seed: int = 0,
+        rule: str = "authors",
     ) -> None:
+        if rule not in SAMPLING_RULES:
+            raise ValueError(f"rule must be one of {SAMPLING_RULES}, got {rule!r}")
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if frame_cache is not None and frame_cache.num_frames != num_frames:
@@ -72,6 +75,7 @@ class TrainDataset(Dataset):
         self.transform = transform
         self.num_frames = int(num_frames)
         self.sampling = sampling
+        self.rule = rule
         self.frame_cache = frame_cache
         self.seed = int(seed)
         # Shared memory so that set_epoch() reaches (persistent) DataLoader worker processes.
@@ -100,7 +104,8 @@ class TrainDataset(Dataset):
             if self.frame_cache is not None:
                 frames = self.frame_cache.get(path)
             else:
-                frames, _ = sample_frames(path, self.num_frames, mode=self.sampling, rng=rng)
+                frames, _ = sample_frames(path, self.num_frames, mode=self.sampling, rng=rng,
+                                          rule=self.rule)
         except VideoDecodeError as exc:
             if caption.video_id not in _warned_videos:
                 _warned_videos.add(caption.video_id)
@@ -171,7 +176,8 @@ class EvalSet:
 
 
 class VideoClipDataset(Dataset):
-    """Frames ``[F, 3, S, S]`` of each video (uniform sampling); decode failures raise."""
+    """Frames ``[F, 3, S, S]`` of each video (uniform sampling, ``rule`` as in
+    ``xpool.data.video``); decode failures raise."""
 
     def __init__(
         self,
@@ -179,7 +185,10 @@ class VideoClipDataset(Dataset):
         transform: VideoTransform,
         num_frames: int,
         frame_cache: FrameCache | None = None,
+        rule: str = "authors",
     ) -> None:
+        if rule not in SAMPLING_RULES:
+            raise ValueError(f"rule must be one of {SAMPLING_RULES}, got {rule!r}")
         if frame_cache is not None and frame_cache.num_frames != num_frames:
             raise ValueError(
                 f"frame cache holds {frame_cache.num_frames} frames per video, dataset wants {num_frames}"
@@ -188,6 +197,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.num_frames = int(num_frames)
         self.frame_cache = frame_cache
+        self.rule = rule
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -197,5 +207,5 @@ class VideoClipDataset(Dataset):
         if self.frame_cache is not None:
             frames = self.frame_cache.get(path)
         else:
-            frames, _ = sample_frames(path, self.num_frames, mode="uniform")
+            frames, _ = sample_frames(path, self.num_frames, mode="uniform", rule=self.rule)
         return self.transform(frames)

@@ -2,11 +2,18 @@
 
 The recipe: docs/architecture.md, "The authors' recipe".
 
-Train: RandomResizedCrop(S, scale=(0.5, 1)) + horizontal flip (p = 0.5), with the *same* crop and
-flip for every frame of a clip (the authors apply torchvision's transforms to the whole [F, 3, H, W]
-tensor at once, which has that effect). Bilinear resampling, torchvision's default.
-Test: resize the short side to S with bicubic resampling (as CLIP's preprocessing) + center crop.
+The authors (``datasets/model_transforms.py``) apply torchvision 0.9 transforms to the whole
+float ``[F, 3, H, W]`` clip in [0, 1], so every frame gets the *same* crop and flip:
+
+Train: RandomResizedCrop(S, scale=(0.5, 1)) with its default bilinear resampling, then a
+horizontal flip (p = 0.5).
+Test: resize the short side to S (bicubic), then center crop S.
 Both normalise with the backbone's mean/std, which callers pass in so tiny models work too.
+
+``antialias=False`` is their resampling exactly: torchvision 0.9 resizes tensors with
+``torch.nn.functional.interpolate`` and no antialiasing, and does not clamp float output (bicubic
+may leave [0, 1]). ``antialias=True`` (this project's earlier default) antialiases both resizes
+and clamps after bicubic, closer to PIL's pipeline on high-resolution sources.
 
 Randomness comes from an explicit generator (torch.Generator or numpy Generator) so a dataset can
 make crops depend only on (seed, epoch, index), which is what exact resume needs.
@@ -82,6 +89,7 @@ class VideoTransform:
         train: bool,
         scale: tuple[float, float] = (0.5, 1.0),
         flip_p: float = 0.5,
+        antialias: bool = True,
     ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -93,11 +101,12 @@ class VideoTransform:
         self.train = bool(train)
         self.scale = scale
         self.flip_p = flip_p
+        self.antialias = bool(antialias)
 
     def __repr__(self) -> str:
         return (
             f"VideoTransform(image_size={self.image_size}, train={self.train}, "
-            f"mean={self.mean}, std={self.std})"
+            f"mean={self.mean}, std={self.std}, antialias={self.antialias})"
         )
 
     def __call__(self, frames: np.ndarray | torch.Tensor, gen: Generator = None) -> torch.Tensor:
@@ -111,7 +120,8 @@ class VideoTransform:
             top, left, h, w = random_resized_crop_params(x.shape[2], x.shape[3], self.scale, gen=gen)
             # Crop before converting to float: cheaper for large frames.
             x = x[:, :, top : top + h, left : left + w].float().div_(255.0)
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
+                              antialias=self.antialias)
             if _uniform(gen, 0.0, 1.0) < self.flip_p:
                 x = x.flip(-1)
         else:
@@ -123,8 +133,10 @@ class VideoTransform:
                 new_h, new_w = max(s, int(s * height / width)), s
             x = x.float().div_(255.0)
             if (new_h, new_w) != (height, width):
-                x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-                x = x.clamp_(0.0, 1.0)  # bicubic overshoots; PIL's uint8 pipeline clips too
+                x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False,
+                                  antialias=self.antialias)
+                if self.antialias:
+                    x = x.clamp_(0.0, 1.0)  # bicubic overshoots; PIL's uint8 pipeline clips too
             top = int(round((new_h - s) / 2.0))
             left = int(round((new_w - s) / 2.0))
             x = x[:, :, top : top + s, left : left + s]

@@ -1,13 +1,23 @@
 """Decode a video with decord and sample a fixed number of frames from it.
 
-Sampling (``num_frames`` = F, the video has n frames):
+Sampling (``num_frames`` = F, the video has n frames) has a *mode* and a *rule*.
 
-* ``uniform``: the middle frame of F equal segments, index ``floor((i + 0.5) * n / F)`` for
-  ``i in range(F)``. This is the authors' evaluation sampling and our default for training.
-* ``random``: one frame drawn uniformly from each segment ``[floor(i n / F), floor((i+1) n / F))``
-  (a segment that is empty because n < F falls back to its first index).
+Rule ``authors`` (their ``datasets/video_capture.py``): with ``k = min(F, n)``, segment
+boundaries ``b = int(linspace(0, n, k + 1))`` and segment i is ``[b[i], b[i+1] - 1]``;
 
-When n < F both modes repeat frames in order (the indices are non-decreasing).
+* ``uniform``: frame ``(b[i] + b[i+1] - 1) // 2`` of each segment;
+* ``random``: a frame drawn uniformly from ``range(b[i], b[i+1] - 1)`` (their
+  ``random.choice``; note it never draws a segment's last frame). Where that range is empty
+  (a segment of one frame, always the case when n < 2F) their code raises; we take ``b[i]``;
+
+and when n < F the k = n frames are followed by copies of the last one up to F.
+
+Rule ``midpoint`` (this project's earlier rule, kept for the embedded study):
+
+* ``uniform``: ``floor((i + 0.5) * n / F)`` for ``i in range(F)``;
+* ``random``: uniform in ``[floor(i n / F), floor((i+1) n / F))``, the first index if empty.
+
+Both rules return F non-decreasing indices.
 
 Every failure (missing, empty or non-video file, a container cut short, zero frames, decoder
 errors) raises :class:`~xpool.errors.VideoDecodeError` naming the path and the cause. decord alone
@@ -33,6 +43,7 @@ from xpool.errors import VideoDecodeError
 __all__ = ["sample_indices", "sample_frames", "video_info", "check_container", "resized_shape"]
 
 SAMPLING_MODES = ("uniform", "random")
+SAMPLING_RULES = ("authors", "midpoint")
 
 # MP4/MOV top-level box types we expect; anything else means we are not looking at box structure.
 _MP4_TOP_LEVEL = {
@@ -46,13 +57,21 @@ _DECORD_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
 
 
 def sample_indices(
-    num_total: int, num_frames: int, mode: str = "uniform", rng: np.random.Generator | None = None
+    num_total: int,
+    num_frames: int,
+    mode: str = "uniform",
+    rng: np.random.Generator | None = None,
+    rule: str = "authors",
 ) -> np.ndarray:
     """Frame indices (int64, non-decreasing) for F frames of an n-frame video (module docstring)."""
     if num_total <= 0:
         raise ValueError(f"a video needs at least one frame, got {num_total}")
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if rule == "authors":
+        return _authors_indices(num_total, num_frames, mode, rng)
+    if rule != "midpoint":
+        raise ValueError(f"unknown sampling rule {rule!r}; expected one of {SAMPLING_RULES}")
     i = np.arange(num_frames, dtype=np.int64)
     if mode == "uniform":
         # Integer arithmetic: floor((i + 0.5) * n / F) == floor((2i + 1) * n / (2F)), no float error.
@@ -63,6 +82,26 @@ def sample_indices(
         hi = np.maximum(((i + 1) * num_total) // num_frames, lo + 1)
         return rng.integers(lo, hi).astype(np.int64)
     raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+
+
+def _authors_indices(
+    num_total: int, num_frames: int, mode: str, rng: np.random.Generator | None
+) -> np.ndarray:
+    k = min(num_frames, num_total)
+    # float64 linspace then truncation, exactly numpy's `.astype(int)` in their code.
+    b = np.linspace(0, num_total, k + 1).astype(np.int64)
+    lo, last = b[:-1], b[1:] - 1
+    if mode == "uniform":
+        idx = (lo + last) // 2
+    elif mode == "random":
+        rng = rng if rng is not None else np.random.default_rng()
+        # range(lo, last) is empty when a segment has one frame: take that frame.
+        idx = np.where(last > lo, rng.integers(lo, np.maximum(last, lo + 1)), lo)
+    else:
+        raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+    if k < num_frames:
+        idx = np.concatenate([idx, np.full(num_frames - k, idx[-1])])
+    return idx.astype(np.int64)
 
 
 def check_container(path: str | Path) -> None:
@@ -204,6 +243,7 @@ def sample_frames(
     size: tuple[int, int] | None = None,
     *,
     num_threads: int = 1,
+    rule: str = "authors",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``num_frames`` frames of a video.
 
@@ -214,6 +254,7 @@ def sample_frames(
         rng: numpy generator for ``"random"`` (a fresh unseeded one if None).
         size: optional ``(height, width)`` to resize to while decoding (ffmpeg's scaler).
         num_threads: decoder threads; 1 by default because DataLoader workers already parallelise.
+        rule: ``"authors"`` or ``"midpoint"`` (see the module docstring).
 
     Returns:
         ``(frames, indices)``: uint8 RGB ``[F, H, W, 3]`` and the int64 frame indices used.
@@ -227,7 +268,7 @@ def sample_frames(
         raise ValueError(f"size must be (height, width) with positive entries, got {size}")
     path = Path(path)
     reader = _open_reader(path, size, num_threads)
-    indices = sample_indices(len(reader), num_frames, mode, rng)
+    indices = sample_indices(len(reader), num_frames, mode, rng, rule)
     frames = _read_batch(reader, path, indices, size)
     return frames, indices
 

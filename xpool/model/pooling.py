@@ -10,12 +10,14 @@ cosine between the raw text embedding and the pooled embedding (see ``xpool.simi
 
 The parameter-free baselines (``mean``, ``topk``, ``attention``) work on L2-normalized frame
 embeddings (and ``topk``/``attention`` on a normalized text), as in the authors' baseline code.
-``xpool`` and ``self_attention`` take the raw (unnormalized) CLIP features.
+``xpool`` and ``self_attention`` take the raw (unnormalized) CLIP features; ``self_attention``
+(CLIP4Clip's seqTransf) normalizes each frame after its transformer and residual, as CLIP4Clip.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -65,12 +67,58 @@ class MeanPooling(nn.Module):
         return F.normalize(frame_embeds, dim=-1).mean(dim=1)
 
 
-class SelfAttentionPooling(nn.Module):
-    """Text-agnostic temporal transformer over the frames (CLIP4Clip's seqTransf style).
+class QuickGELU(nn.Module):
+    """CLIP's activation, ``x * sigmoid(1.702 x)`` (CLIP4Clip's seqTransf uses it too)."""
 
-    Learned position embeddings are added to the frames, a pre-LN transformer encoder
-    (``num_layers`` layers, ``num_heads`` heads, GELU MLP of width 4D) runs over them, its output
-    is added back to the input frames (residual) and averaged over frames. Returns [V, D].
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _SeqTransfBlock(nn.Module):
+    """A pre-LN residual attention block with CLIP's parameter names (so CLIP's text layers load).
+
+    LayerNorms use eps 1e-12: CLIP4Clip builds this block with its TF-style LayerNorm.
+    No dropout anywhere, as in CLIP4Clip.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = nn.LayerNorm(width, eps=1e-12)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, 4 * width)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(4 * width, width)),
+        ]))
+        self.ln_2 = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _SeqTransf(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.resblocks = nn.Sequential(*[_SeqTransfBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.resblocks(x)
+
+
+class SelfAttentionPooling(nn.Module):
+    """CLIP4Clip's ``seqTransf`` head (Luo et al. 2022, ``modules/modeling.py``). Text-agnostic.
+
+    ``x = frames + frame_position_embeddings[:F]``; ``x = transformer(x) + frames`` (residual to
+    the input frames); each frame L2-normalised, then averaged over frames. Returns [V, D].
+    The transformer is CLIP's residual attention block (pre-LN, QuickGELU MLP of width 4D, no
+    dropout, every frame attends to every frame). Parameter names are CLIP4Clip's
+    (``frame_position_embeddings``, ``transformerClip.resblocks.N...``), so its checkpoints load.
+
+    Initialisation: CLIP4Clip's ``init_weights`` (normal std 0.02 for Linear and Embedding
+    weights, zero biases, unit LayerNorms) by default; ``init_from_clip_text`` then copies CLIP's
+    text transformer layers and position embedding, which is what CLIP4Clip trains from.
     """
 
     text_conditioned = False
@@ -80,8 +128,7 @@ class SelfAttentionPooling(nn.Module):
         embed_dim: int,
         num_layers: int = 4,
         num_heads: int = 8,
-        max_frames: int = 64,
-        dropout: float = 0.1,
+        max_frames: int = 77,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -90,22 +137,66 @@ class SelfAttentionPooling(nn.Module):
             )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.num_layers = num_layers
         self.max_frames = max_frames
-        self.position_embedding = nn.Parameter(torch.empty(max_frames, embed_dim))
-        # std 0.02 (as in CLIP/BERT position tables) so that frame order matters from the start.
-        nn.init.normal_(self.position_embedding, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            d_model=embed_dim,
-            nhead=num_heads,
-            dim_feedforward=4 * embed_dim,
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.transformer = nn.TransformerEncoder(
-            layer, num_layers=num_layers, enable_nested_tensor=False
-        )
+        self.frame_position_embeddings = nn.Embedding(max_frames, embed_dim)
+        self.transformerClip = _SeqTransf(embed_dim, num_layers, num_heads)
+        self.initialised_from = "random"
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """CLIP4Clip's ``PreTrainedModel.init_weights`` applied to this head."""
+        for module in self.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                module._reset_parameters()  # torch's own init of the packed in-projection
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.initialised_from = "random"
+
+    @torch.no_grad()
+    def init_from_clip_text(self, clip_model: nn.Module) -> None:
+        """Copy CLIP's text position embedding and first text layers, as CLIP4Clip does.
+
+        ``clip_model`` is an open_clip CLIP (``positional_embedding``, ``transformer.resblocks``).
+        Position rows beyond CLIP's context length, and layers beyond its text depth, keep their
+        init_weights values (CLIP4Clip copies layers ``< cross_num_hidden_layers`` the same way).
+
+        Raises:
+            XPoolError: if the text transformer's width or head count differs from this head's.
+        """
+        pos = getattr(clip_model, "positional_embedding", None)
+        blocks = getattr(getattr(clip_model, "transformer", None), "resblocks", None)
+        if pos is None or blocks is None:
+            raise XPoolError(
+                "self_attention: sa_init=clip_text needs a CLIP model with a text transformer "
+                "(positional_embedding, transformer.resblocks); use model.sa_init=random"
+            )
+        width = pos.shape[1]
+        heads = blocks[0].attn.num_heads
+        if width != self.embed_dim or heads != self.num_heads:
+            raise XPoolError(
+                f"self_attention: CLIP's text transformer has width {width} and {heads} heads, the "
+                f"head has embed_dim {self.embed_dim} and {self.num_heads} heads; set "
+                f"model.sa_heads={heads} (and a backbone whose text width equals its embed_dim) "
+                "or model.sa_init=random"
+            )
+        rows = min(self.max_frames, pos.shape[0])
+        self.frame_position_embeddings.weight[:rows].copy_(pos[:rows])
+        for i in range(min(self.num_layers, len(blocks))):
+            src = {k: v for k, v in blocks[i].state_dict().items()
+                   if not k.startswith(("ls_1", "ls_2"))}
+            extra = [k for k in blocks[i].state_dict() if k.startswith(("ls_1", "ls_2"))]
+            if extra:
+                raise XPoolError(f"self_attention: CLIP's text layer {i} has layer scale {extra}, "
+                                 "which CLIP4Clip's block does not have")
+            self.transformerClip.resblocks[i].load_state_dict(src, strict=True)
+        self.initialised_from = "clip_text"
 
     def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
         _check_inputs(text_embeds, frame_embeds, self.embed_dim)
@@ -115,9 +206,9 @@ class SelfAttentionPooling(nn.Module):
                 f"self_attention: {num_frames} frames exceed max_frames={self.max_frames}; "
                 "build the head with a larger max_frames"
             )
-        x = frame_embeds + self.position_embedding[:num_frames].to(frame_embeds.dtype)
-        x = self.transformer(x) + frame_embeds
-        return x.mean(dim=1)
+        pos = self.frame_position_embeddings.weight[:num_frames].to(frame_embeds.dtype)
+        x = self.transformerClip(frame_embeds + pos) + frame_embeds
+        return F.normalize(x, dim=-1).mean(dim=1)
 
 
 class TopKPooling(nn.Module):
@@ -298,7 +389,7 @@ _POOLING_CLASSES: dict[str, type[nn.Module]] = {
 
 _POOLING_OPTIONS: dict[str, tuple[str, ...]] = {
     "mean": (),
-    "self_attention": ("num_layers", "num_heads", "max_frames", "dropout"),
+    "self_attention": ("num_layers", "num_heads", "max_frames"),
     "topk": ("k",),
     "attention": ("temperature",),
     "xpool": ("num_heads", "dropout", "residual"),
@@ -309,7 +400,7 @@ def build_pooling(name: str, embed_dim: int, **options: Any) -> nn.Module:
     """Build a pooling head by name (one of ``POOLING_NAMES``) with its options.
 
     Options: ``xpool``: num_heads=1, dropout=0.3, residual=True; ``self_attention``:
-    num_layers=4, num_heads=8, max_frames=64, dropout=0.1; ``topk``: k=3; ``attention``:
+    num_layers=4, num_heads=8, max_frames=77; ``topk``: k=3; ``attention``:
     temperature=0.01; ``mean``: none.
 
     Raises:
