@@ -47,7 +47,7 @@ BEHAVIOUR = {
     "data.sampling_rule": "authors", "data.antialias": False, "data.train_augment": True,
     "eval.v2t_convention": "groups", "model.pretrained": "openai", "model.frozen": False,
     "data.lsmdc_captions": "authors", "model.sa_init": "clip_text", "model.sa_layers": 4,
-    "model.sa_heads": 8,
+    "model.sa_heads": 8, "train.warmup_start": "zero", "train.eval_steps": "authors",
 }
 
 
@@ -151,3 +151,46 @@ def test_fidelity_table_lists_every_recipe_item():
     for name in ("test_fidelity_recipe", "test_fidelity_optim", "test_fidelity_frames",
                  "test_fidelity_metrics", "test_fidelity_heads", "test_fidelity_corpora"):
         assert name in doc
+
+
+def _hf_cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """Hugging Face transformers' get_cosine_schedule_with_warmup lr_lambda (num_cycles 0.5),
+    re-implemented here from its definition."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + np.cos(np.pi * 2.0 * 0.5 * progress)))
+
+
+@pytest.mark.parametrize("total", [7, 140, 1407])
+def test_warmup_start_zero_is_the_hf_schedule(total):
+    from xpool.train import cosine_with_warmup
+
+    warmup = int(total * 0.1)
+    ours = cosine_with_warmup(total, 0.1, "zero")
+    for step in range(total):
+        assert ours(step) == pytest.approx(_hf_cosine_with_warmup(step, warmup, total), abs=1e-12)
+    if warmup:
+        assert ours(0) == 0.0
+        # The older rule starts one step ahead: it differs from HF's on every warmup step.
+        assert cosine_with_warmup(total, 0.1, "one")(0) == pytest.approx(1 / warmup)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 10, 11, 57, 281, 2812])
+def test_authors_eval_steps(steps):
+    from xpool.train import _eval_steps
+
+    # trainer.py: evaluate after 0-based batch_idx in linspace(0, S-1, 11, dtype=int)[1:].
+    expected = set()
+    for k in range(1, 11):
+        batch_idx = int(k * (steps - 1) / 10)  # linspace point k, cast to int (floor, >= 0)
+        expected.add(batch_idx + 1)
+    assert _eval_steps(steps, 10, "authors") == expected
+    assert steps in expected  # the last batch always evaluates
+
+
+def test_eval_step_rules_differ_for_some_epoch_length():
+    from xpool.train import _eval_steps
+
+    differ = [s for s in range(10, 400) if _eval_steps(s, 10, "authors") != _eval_steps(s, 10)]
+    assert differ, "the two evaluation-step rules should differ for some epoch lengths"

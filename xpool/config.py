@@ -142,6 +142,12 @@ class TrainConfig:
     # each step, the loss uses exp(scale) as is) or "param_and_loss" (also clamp inside the loss,
     # which zeroes the scale's gradient at the cap).
     logit_scale_clamp: str = "param_and_loss"
+    # Warmup's first step: "zero" (the authors, HF get_cosine_schedule_with_warmup: multiplier
+    # step / warmup, so the first update is at lr 0) or "one" ((step + 1) / warmup).
+    warmup_start: str = "one"
+    # When to evaluate within an epoch of S steps: "authors" (after 0-based batches
+    # int(linspace(0, S - 1, n + 1))[1:]) or "rounded" (after 1-based steps round(k S / n)).
+    eval_steps: str = "rounded"
 
 
 @dataclass
@@ -283,6 +289,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "train.log_every": (_positive, "a positive integer"),
     "train.optimizer": (_one_of("hf_adamw", "torch_adamw"), "'hf_adamw' or 'torch_adamw'"),
     "train.logit_scale_clamp": (_one_of("param", "param_and_loss"), "'param' or 'param_and_loss'"),
+    "train.warmup_start": (_one_of("zero", "one"), "'zero' or 'one'"),
+    "train.eval_steps": (_one_of("authors", "rounded"), "'authors' or 'rounded'"),
     "eval.batch_size": (_positive, "a positive integer"),
     "eval.chunk_size": (lambda v: v is None or v > 0, "a positive integer or null"),
     "eval.dsl_temperature": (_positive, "a positive number"),

@@ -32,6 +32,8 @@ AUTHORS: dict[str, Any] = {
     "train.adam_eps": 1e-6,
     "train.optimizer": "hf_adamw",
     "train.warmup_fraction": 0.1,
+    "train.warmup_start": "zero",
+    "train.eval_steps": "authors",
     "train.grad_clip": 1.0,
     "train.logit_scale_clamp": "param",
     "train.seed": 24,

@@ -254,13 +254,16 @@ def _collate(cfg: Config):
 # ----------------------------------------------------------------------------- optimisation
 
 
-def cosine_with_warmup(total_steps: int, warmup_fraction: float):
-    """LR multiplier: linear warmup over the first fraction of steps, then cosine to zero."""
+def cosine_with_warmup(total_steps: int, warmup_fraction: float, start: str = "one"):
+    """LR multiplier of 0-based `step`: linear warmup over the first fraction of steps, then
+    cosine to zero. `start="zero"` is Hugging Face's `get_cosine_schedule_with_warmup` (the
+    authors'), whose first update has multiplier 0; `start="one"` begins at 1 / warmup."""
     warmup = int(total_steps * warmup_fraction)
+    offset = 0 if start == "zero" else 1
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + offset) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -305,8 +308,15 @@ def clamp_logit_scale_(logit_scale: torch.Tensor, mode: str) -> None:
         logit_scale.clamp_(0, math.log(100.0))
 
 
-def _eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
-    """Steps within an epoch (1-based) after which to evaluate; always includes the last."""
+def _eval_steps(steps_per_epoch: int, evals_per_epoch: int, rule: str = "rounded") -> set[int]:
+    """Steps within an epoch (1-based) after which to evaluate; always includes the last.
+
+    "authors": their trainer evaluates after the 0-based batches
+    `np.linspace(0, S - 1, n + 1, dtype=int)[1:]`, i.e. after 1-based steps one higher.
+    "rounded": after 1-based steps `round(k S / n)`, k = 1..n."""
+    if rule == "authors":
+        marks = np.linspace(0, steps_per_epoch - 1, evals_per_epoch + 1).astype(int)[1:]
+        return {int(b) + 1 for b in marks}
     n = min(evals_per_epoch, steps_per_epoch)
     return {round((k + 1) * steps_per_epoch / n) for k in range(n)}
 
@@ -379,7 +389,7 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
     groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay, exclude_1d_from_decay=False)
     optimizer = build_optimizer(tc.optimizer, groups, eps=tc.adam_eps, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, tc.warmup_fraction))
+        optimizer, cosine_with_warmup(total_steps, tc.warmup_fraction, tc.warmup_start))
     objective: torch.nn.Module = ContrastiveObjective(
         model, info, cfg.model.frozen, cfg.data.num_frames,
         clamp_in_loss=tc.logit_scale_clamp == "param_and_loss")
@@ -411,7 +421,7 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
             p.unlink()
     barrier(info)
 
-    eval_at = _eval_steps(steps_per_epoch, tc.evals_per_epoch)
+    eval_at = _eval_steps(steps_per_epoch, tc.evals_per_epoch, tc.eval_steps)
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {record.run_dir.name}",
                disable=not (progress and info.is_main), unit="step")
     model.train()
