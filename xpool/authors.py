@@ -104,7 +104,9 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
     metrics = {k: v for k, v in result.items() if k in ("t2v", "v2t", "t2v_dsl", "v2t_dsl")}
 
     name = _record_name(path)
-    record_dir = cfg.profile_dir / "authors" / name
+    # Path(...).stem: a profile given as a YAML path must not put its folders into that path.
+    profile_dir = Path(cfg.output.results_dir) / Path(cfg.profile).stem
+    record_dir = profile_dir / "authors" / name
     record_dir.mkdir(parents=True, exist_ok=True)
     recorded = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(path)))
     save_config(recorded, record_dir / "config.yaml")
@@ -131,7 +133,7 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
              f"{cfg.eval.dsl_temperature}" if cfg.eval.dsl else f"profile {cfg.profile}; no DSL",
              f"checkpoint sha256 {sha256_of(path)[:16]}..., epoch {ckpt.epoch}"]
     markdown = reporting.results_markdown(table, title, notes)
-    table_path = reporting.write_table(table, cfg.profile_dir / "tables", f"authors_{name}",
+    table_path = reporting.write_table(table, profile_dir / "tables", f"authors_{name}",
                                        markdown)
     return AuthorsEvaluation(metrics, table, markdown, record_dir, table_path)
 
