@@ -24,6 +24,7 @@ from hf_helpers import (
     random_authors_head,
     random_clip,
     ranks_of,
+    write_authors_checkpoint,
 )
 
 from xpool.cli import main
@@ -38,20 +39,6 @@ from xpool.model.checkpoints import (
 )
 
 NUM_FRAMES = 4  # the smoke profile's
-
-
-def write_authors_checkpoint(path, hf, head, epoch=3):
-    """{'epoch', 'state_dict', 'optimizer'} as their BaseTrainer._save_checkpoint writes it, with
-    the position_ids buffers transformers 4.6.1 kept in the state dict."""
-    state = {f"clip.{k}": v for k, v in hf.state_dict().items()}
-    state["clip.text_model.embeddings.position_ids"] = torch.arange(32)[None]
-    state["clip.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
-    state.update(head)
-    optimizer = {"state": {0: {"step": 10, "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
-                 "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.999), "eps": 1e-8,
-                                   "weight_decay": 0.2, "params": [0]}]}
-    torch.save({"epoch": epoch, "state_dict": state, "optimizer": optimizer}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,12 @@ def _model_for(cfg: Config, checkpoint: str | Path | None) -> nn.Module:
         if cfg.model.frozen:
             raise XPoolError("frozen-* profiles have no image tower to embed new videos with; use "
                              "a paper-* profile or give --checkpoint")
+        if str(cfg.model.pretrained).strip().lower() in ("", "none", "null"):
+            # Unseeded random weights differ between `index` and `search`: the scores would
+            # compare two different models.
+            raise XPoolError("model.pretrained is none and no --checkpoint was given: the index "
+                             "would be made with random weights; give --checkpoint PATH or "
+                             "model.pretrained=openai (or a HF folder / weights file)")
         return make_model(cfg)
     path = Path(checkpoint).expanduser()
     from xpool.model.checkpoints import is_authors_file, load_authors_checkpoint
@@ -121,6 +127,12 @@ class IndexReport:
                  f"reused, {len(self.failed)} failed ({self.seconds:.1f} s)"]
         lines += [f"  skipped {p}: {cause}" for p, cause in sorted(self.failed.items())]
         return "\n".join(lines)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file object: np.save given a name not ending in .npy would append the suffix.
+    with path.open("wb") as f:
+        np.save(f, array.astype(np.float32), allow_pickle=False)
 
 
 def _save_manifest(index_dir: Path, manifest: dict[str, Any]) -> None:
@@ -198,8 +210,7 @@ def build_index(cfg: Config, videos_dir: str | Path, index_dir: str | Path,
             with torch.no_grad():
                 embeds = model.encode_frames(torch.stack(clips).to(device)).float().cpu().numpy()
             for (rel, key), e in zip(keys, embeds, strict=True):
-                atomic_write(index_dir / "embeds" / f"{key}.npy",
-                             lambda p, e=e: np.save(p, e.astype(np.float32), allow_pickle=False))
+                atomic_write(index_dir / "embeds" / f"{key}.npy", lambda p, e=e: _save_npy(p, e))
                 manifest["videos"][rel] = {"key": key, "status": "ok"}
                 report.embedded.append(rel)
         _save_manifest(index_dir, manifest)  # after every batch: an interrupted run resumes here
