@@ -198,3 +198,41 @@ def test_reader_rejects_other_files(tmp_path, checkpoint):
     torch.save({"epoch": 1, "state_dict": {}, "optimizer": object()}, evil)
     with pytest.raises(XPoolError, match="weights_only=True"):
         read_authors_checkpoint(evil)
+
+
+def _kernel_available() -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from xpool import reproduce as rp
+
+    return rp.KERNEL in KernelSpecManager().find_kernel_specs()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _kernel_available(), reason="the 'xpool' Jupyter kernel is not registered")
+def test_authors_notebook_under_smoke_and_without_files(tmp_path):
+    from pathlib import Path
+
+    from xpool import reproduce as rp
+
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    lines: list[str] = []
+    rc = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=nb_dir,
+                      only=["09_authors_checkpoints"], log=lines.append)
+    assert rc == 0, "\n".join(lines)
+    md = (tmp_path / "smoke" / "tables" / "authors_random-model_best.md").read_text()
+    assert "| X-Pool | t2v |" in md and "| X-Pool | v2t |" in md and "DSL R1" in md
+    nb = (tmp_path / "smoke" / "notebooks" / "09_authors_checkpoints.ipynb").read_text()
+    assert "SMOKE TEST: a random xpool-smoke model converted" in nb
+
+
+def test_authors_study_names_missing_files(tmp_path):
+    from xpool.authors import authors_study
+    from xpool.study import StudyStop
+
+    with pytest.raises(StudyStop) as err:
+        authors_study("paper-msrvtt9k", {"msrvtt9k": str(tmp_path / "model_best.pth"),
+                                         "lsmdc": None}, {}, output_dir=tmp_path / "p")
+    msg = str(err.value)
+    assert str(tmp_path / "model_best.pth") in msg and "lsmdc: (no path given)" in msg
+    assert "layer6ai-labs/xpool" in msg

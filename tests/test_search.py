@@ -126,3 +126,37 @@ def test_synthetic_folder_resumes_after_an_interruption(tmp_path, checkpoint, ma
         xs.build_index(cfg, d, tmp_path / "other", progress=False)
     with pytest.raises(XPoolError, match="no video index"):
         xs.load_index(tmp_path / "nothing")
+
+
+def _kernel_available() -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from xpool import reproduce as rp
+
+    return rp.KERNEL in KernelSpecManager().find_kernel_specs()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _kernel_available(), reason="the 'xpool' Jupyter kernel is not registered")
+def test_explore_notebook_searches_an_index_under_smoke(tmp_path, folder, checkpoint):
+    from pathlib import Path
+
+    import nbformat
+
+    from xpool import reproduce as rp
+
+    cfg = load_config("smoke", ["model.pretrained=none"])
+    xs.build_index(cfg, folder, tmp_path / "idx", checkpoint=checkpoint, progress=False,
+                   log=lambda _: None)
+    lines: list[str] = []
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    rc = rp.reproduce("smoke", results_dir=tmp_path / "results", notebooks_dir=nb_dir,
+                      only=["08_explore"], log=lines.append,
+                      parameters={"index": str(tmp_path / "idx"), "query": "a rabbit"})
+    assert rc == 0, "\n".join(lines)
+    nb = nbformat.read(tmp_path / "results" / "smoke" / "notebooks" / "08_explore.ipynb", 4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "4 indexed videos" in text and "'a rabbit'" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # top-5 strips and the best match's frame weights

@@ -26,6 +26,8 @@ from xpool.errors import XPoolError
 __all__ = [
     "AUTHORS_CHECKPOINTS",
     "AuthorsEvaluation",
+    "AuthorsStudy",
+    "authors_study",
     "authors_model",
     "evaluate_authors_checkpoint",
     "missing_checkpoints_message",
@@ -147,3 +149,95 @@ def missing_checkpoints_message(paths: dict[str, str | None]) -> str | None:
     return ("authors' checkpoints not found: " + "; ".join(missing) + ". Their README links one "
             f"model_best.pth per dataset under 'Evaluation' ({AUTHORS_README}); download them and "
             "pass the paths as the notebook's parameters")
+
+
+def to_authors_format(model: Any, epoch: int = 0) -> dict[str, Any]:
+    """A ``RetrievalModel`` with an X-Pool head as an authors' checkpoint dict (HF CLIP names
+    under ``clip.``, their head names under ``pool_frames.``): what ``torch.save`` would write."""
+    from xpool.model.hf_clip import open_clip_to_hf_state_dict
+    from xpool.model.pooling import XPool
+
+    if not isinstance(model.pooling, XPool) or not model.pooling.residual:
+        raise XPoolError("only an X-Pool head with the residual block has the authors' layout")
+    state = {f"clip.{k}": v for k, v in open_clip_to_hf_state_dict(model.backbone.model.state_dict()).items()}
+    for key, value in model.pooling.state_dict().items():
+        attn = key.split(".")[0] in ("q_proj", "k_proj", "v_proj", "out_proj")
+        state[f"pool_frames.{'cross_attn.' if attn else ''}{key}"] = value
+    return {"epoch": epoch, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}
+
+
+def random_smoke_checkpoint(cfg: Config, path: str | Path, seed: int = 0) -> Path:
+    """Write a seeded random model of ``cfg``'s architecture in the authors' format (for the
+    smoke profile: it exercises the whole path; its numbers mean nothing)."""
+    import torch
+
+    from xpool.io import torch_save
+
+    torch.manual_seed(seed)
+    model = authors_model(cfg)
+    return torch_save(to_authors_format(model), path)
+
+
+@dataclass
+class AuthorsStudy:
+    """Notebook 09's result: one comparison table per evaluated checkpoint."""
+
+    evaluations: dict[str, AuthorsEvaluation]
+    markdown: str
+    missing: str | None
+
+
+def authors_study(profile: str, checkpoints: dict[str, str | None],
+                  roots: dict[str, str | None], output_dir: str | Path | None = None,
+                  progress: bool = False) -> AuthorsStudy:
+    """Evaluate every available authors' checkpoint with its paper profile (notebook 09).
+
+    ``checkpoints`` and ``roots``: dataset key (msrvtt9k, msrvtt7k, msvd, lsmdc) -> path. Under
+    the smoke profile (a synthetic corpus) a seeded random model converted to the authors'
+    format is evaluated instead, and the title says so.
+
+    Raises:
+        StudyStop: no checkpoint (or no corpus for one) is present; the message names the
+            missing files and where the authors link them.
+    """
+    from xpool.config import load_config
+    from xpool.study import StudyStop
+
+    base = load_config(profile)
+    results_dir = str(Path(output_dir).parent) if output_dir else base.output.results_dir
+    if base.data.corpus == "synthetic":
+        from xpool.train import ensure_data
+
+        cfg = load_config(profile, {"output.results_dir": results_dir,
+                                    "model.pretrained": None})
+        ensure_data(cfg, progress)
+        ckpt = random_smoke_checkpoint(
+            cfg, Path(results_dir) / Path(profile).stem / "authors" / "random" / "model_best.pth")
+        ev = evaluate_authors_checkpoint(cfg, ckpt, progress=progress)
+        title = (f"# SMOKE TEST: a random {cfg.model.backbone} model converted to the authors' "
+                 "checkpoint format, evaluated on the synthetic corpus. Its numbers mean nothing; "
+                 "it checks the conversion and the evaluation path.\n\n")
+        return AuthorsStudy({"random": ev}, title + ev.markdown, None)
+    unknown = sorted(set(checkpoints) - set(AUTHORS_CHECKPOINTS))
+    if unknown:
+        raise XPoolError(f"unknown dataset keys {unknown}; valid: {list(AUTHORS_CHECKPOINTS)}")
+    missing = missing_checkpoints_message(checkpoints)
+    evaluations = {}
+    for key, path in checkpoints.items():
+        if not path or not Path(path).expanduser().is_file():
+            continue
+        paper_profile = AUTHORS_CHECKPOINTS[key][0]
+        overrides: dict[str, Any] = {"output.results_dir": results_dir}
+        if roots.get(key):
+            overrides["data.root"] = roots[key]
+        cfg = load_config(paper_profile, overrides)
+        if not cfg.data_root.is_dir():
+            missing = (missing + "; " if missing else "") + f"{key}: corpus {cfg.data_root} absent"
+            continue
+        evaluations[key] = evaluate_authors_checkpoint(cfg, path, progress=progress)
+    if not evaluations:
+        raise StudyStop(missing or "no authors' checkpoint given")
+    parts = [ev.markdown for ev in evaluations.values()]
+    if missing:
+        parts.append(f"Not evaluated: {missing}")
+    return AuthorsStudy(evaluations, "\n".join(parts), missing)

@@ -40,12 +40,14 @@ from xpool.io import atomic_write, read_json, write_json
 __all__ = [
     "VIDEO_SUFFIXES",
     "Hit",
+    "IndexExplorer",
     "IndexReport",
     "VideoIndex",
     "build_index",
     "explore_index",
     "find_videos",
     "frame_weights",
+    "index_widget",
     "load_index",
     "rank_videos",
     "search",
@@ -367,23 +369,62 @@ def format_hits(hits: Sequence[Hit]) -> str:
     return "\n".join(lines)
 
 
+class IndexExplorer:
+    """Notebook 08 over an index of your own videos: ``show(query)`` gives the figures."""
+
+    default_query = "a person is talking"
+
+    def __init__(self, index_dir: str | Path, pooling: str | None = None) -> None:
+        self.index = load_index(index_dir)
+        self.pooling = pooling
+
+    def show(self, query: str, k: int = 5) -> list[Any]:
+        """The top-k videos' frame strips, and the best match's frame weights where the head is
+        text-conditioned."""
+        from xpool import reporting
+
+        index = self.index
+        hits = search(index, query, top=k, pooling=self.pooling)
+        pos = {p: i for i, p in enumerate(index.paths)}
+        results = [{"frames": index.frames(pos[h.path]), "video_id": Path(h.path).name,
+                    "score": h.score, "is_gt": False} for h in hits]
+        figs = [reporting.plot_top5(query, results, title=f"top-{len(hits)} of "
+                                    f"{len(index.paths)} indexed videos for: {query!r}")]
+        if hits and hits[0].weights is not None:
+            figs.append(reporting.plot_attention(
+                query, results[0]["frames"], np.asarray(hits[0].weights),
+                title=f"frame weights of the best match {Path(hits[0].path).name} for {query!r}"))
+        return figs
+
+
 def explore_index(index_dir: str | Path, query: str, top: int = 5,
                   pooling: str | None = None) -> list[Any]:
-    """Figures for notebook 08: the top videos' frame strips and the best match's frame weights."""
-    from xpool import reporting
+    """``IndexExplorer(index_dir, pooling).show(query, top)``."""
+    return IndexExplorer(index_dir, pooling).show(query, k=top)
 
-    index = load_index(index_dir)
-    hits = search(index, query, top=top, pooling=pooling)
-    pos = {p: i for i, p in enumerate(index.paths)}
-    results = [{"frames": index.frames(pos[h.path]), "video_id": Path(h.path).name,
-                "score": h.score, "is_gt": False} for h in hits]
-    figs = [reporting.plot_top5(query, results, title=f"top-{len(hits)} of {len(index.paths)} "
-                                                      f"indexed videos for: {query!r}")]
-    if hits and hits[0].weights is not None:
-        figs.append(reporting.plot_attention(
-            query, results[0]["frames"], np.asarray(hits[0].weights),
-            title=f"frame weights of the best match {Path(hits[0].path).name} for {query!r}"))
-    return figs
+
+def index_widget(explorer: IndexExplorer, k: int = 5) -> Any:
+    """A text box and a button: type a caption, see the top-k indexed videos."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    box = w.Text(placeholder="type a caption", description="query", layout=w.Layout(width="80%"))
+    button = w.Button(description="search", button_style="primary")
+    out = w.Output()
+
+    def run(_: Any) -> None:
+        out.clear_output()
+        with out:
+            try:
+                for fig in explorer.show(box.value, k=k):
+                    display(fig)
+                    plt.close(fig)
+            except XPoolError as e:
+                print(f"error: {e}")
+
+    button.on_click(run)
+    return w.VBox([w.HBox([box, button]), out])
 
 
 def default_index_dir() -> Path:

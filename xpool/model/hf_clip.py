@@ -32,6 +32,7 @@ __all__ = [
     "hf_folder_weights",
     "is_hf_clip_state_dict",
     "open_clip_config_from_hf",
+    "open_clip_to_hf_state_dict",
     "read_hf_clip_folder",
 ]
 
@@ -184,3 +185,35 @@ def read_hf_clip_folder(folder: str | Path) -> tuple[dict[str, Tensor], dict[str
     if not is_hf_clip_state_dict(state):
         raise XPoolError(f"{weights} does not hold a Hugging Face CLIPModel (no text_model.* keys)")
     return convert_hf_clip_state_dict(state, where=str(weights)), config
+
+
+def open_clip_to_hf_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of ``convert_hf_clip_state_dict``: open_clip CLIP keys -> HF ``CLIPModel``.
+
+    For writing test checkpoints in the authors' format without transformers installed.
+    """
+    top = {v: k for k, v in _TOP.items()}
+    transposed = {v: k for k, v in _TRANSPOSED.items()}
+    block = {v: k for k, v in _BLOCK.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key in top:
+            out[top[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
+        else:
+            m = re.fullmatch(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)", key)
+            if m is None:
+                raise XPoolError(f"open_clip key {key!r} has no Hugging Face CLIP counterpart")
+            tower = "vision_model" if m.group(1) else "text_model"
+            prefix = f"{tower}.encoder.layers.{m.group(2)}."
+            rest = m.group(3)
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = rest.rsplit("_", 1)[1]
+                for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):
+                    out[f"{prefix}self_attn.{name}_proj.{kind}"] = part.contiguous()
+            elif rest in block:
+                out[prefix + block[rest]] = value
+            else:
+                raise XPoolError(f"open_clip key {key!r} has no Hugging Face CLIP counterpart")
+    return out
