@@ -85,6 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if "=" in args.profile:  # `xpool index DIR key=value`: no profile given, only overrides
+        args.overrides, args.profile = [args.profile, *args.overrides], "paper-msrvtt9k"
     cfg = _config(args)
     from xpool.search import build_index, default_index_dir
     report = build_index(cfg, args.videos_dir, args.out or default_index_dir(),
