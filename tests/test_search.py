@@ -160,3 +160,11 @@ def test_explore_notebook_searches_an_index_under_smoke(tmp_path, folder, checkp
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 2  # top-5 strips and the best match's frame weights
+
+
+def test_cli_help_of_the_new_verbs(capsys):
+    for verb in ("index", "search"):
+        with pytest.raises(SystemExit) as done:
+            main([verb, "--help"])
+        assert done.value.code == 0
+        assert f"usage: xpool {verb}" in capsys.readouterr().out
