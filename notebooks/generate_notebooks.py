@@ -179,26 +179,72 @@ def explore_notebook():
             "(notebook 05) and its saved test embeddings, so it needs no training; typed free "
             "text also needs the run's text encoder (the local checkpoint, or in frozen mode the "
             "cached backbone).\n\n"
+            "With `index` set to a folder made by `xpool index DIR` it searches your own videos "
+            "instead: the top-5 frame strips and the best match's frame weights for `query`.\n\n"
             "Run all cells in JupyterLab for the interactive controls; headless runs (papermill) "
             "render the default query as static figures."),
         _params("seeds = None           # seed of the run to explore (None: the first)\n"
                 "pooling = \"xpool\"      # which pooling strategy's run\n"
-                "query = None           # default query; None: the figures notebook's choice"),
+                "query = None           # default query; None: the figures notebook's choice\n"
+                "index = None           # a folder made by `xpool index DIR`: search your own "
+                "videos"),
         new_code_cell("from pathlib import Path\n\n"
                       "import matplotlib.pyplot as plt\n"
                       "from IPython.display import display\n\n"
+                      "from xpool import search as xsearch\n"
                       "from xpool import study as xs\n"
                       "from xpool.config import load_config\n\n"
-                      "out = Path(output_dir) if output_dir else load_config(profile).profile_dir\n"
-                      "ex = xs.explorer_for(out, pooling, seed=seeds[0] if seeds else None, "
+                      "if index:\n"
+                      "    ex = xsearch.IndexExplorer(index)\n"
+                      "    query = query or ex.default_query\n"
+                      "    print(f'{len(ex.index.paths)} indexed videos in {index}; query: {query!r}')\n"
+                      "else:\n"
+                      "    out = Path(output_dir) if output_dir else load_config(profile).profile_dir\n"
+                      "    ex = xs.explorer_for(out, pooling, seed=seeds[0] if seeds else None, "
                       "data_root=data_root)\n"
-                      "query = query or ex.captions[xs.pick_query(ex.out)]\n"
-                      "print(f'{len(ex.captions)} test captions; query: {query!r}')"),
+                      "    query = query or ex.captions[xs.pick_query(ex.out)]\n"
+                      "    print(f'{len(ex.captions)} test captions; query: {query!r}')"),
         new_code_cell("for fig in ex.show(query):\n"
                       "    display(fig)\n"
                       "    plt.close(fig)"),
         new_markdown_cell("## Interactive"),
-        new_code_cell("xs.explorer_widget(ex)"),
+        new_code_cell("xsearch.index_widget(ex) if index else xs.explorer_widget(ex)"),
+    ])
+
+
+def authors_notebook():
+    return new_notebook(cells=[
+        new_markdown_cell(
+            "# The authors' released checkpoints\n\n"
+            "The X-Pool authors released one trained model per dataset (`model_best.pth`; their "
+            "README's *Evaluation* table links them: MSR-VTT 9k, t2v R@1 46.9; MSR-VTT 7k, 43.9; "
+            "MSVD, 47.2; LSMDC, 25.2). This notebook evaluates every checkpoint whose file and "
+            "corpus are present with that dataset's `paper-*` profile: text-to-video and "
+            "video-to-text, dual-softmax in separate columns, and the paper's numbers and the "
+            "differences beside ours. Each evaluation leaves a run record under "
+            "`results/<paper profile>/authors/` and a table under `tables/`. The same works on "
+            "the command line: `xpool eval paper-msrvtt9k --checkpoint PATH`.\n\n"
+            "Without any checkpoint it stops with a message naming the missing files. Under the "
+            "`smoke` profile it evaluates a random model converted to the authors' format "
+            "instead (the table's title says so; its numbers mean nothing)."),
+        _params("seeds = None           # unused: the checkpoints are fixed models\n"
+                "checkpoints = {        # dataset -> the authors' model_best.pth\n"
+                "    \"msrvtt9k\": \"checkpoints/msrvtt9k/model_best.pth\",\n"
+                "    \"msrvtt7k\": \"checkpoints/msrvtt7k/model_best.pth\",\n"
+                "    \"msvd\": \"checkpoints/msvd/model_best.pth\",\n"
+                "    \"lsmdc\": \"checkpoints/lsmdc/model_best.pth\",\n"
+                "}\n"
+                "roots = {              # dataset -> corpus root (None: the profile's data/<corpus>)\n"
+                "    \"msrvtt9k\": data_root, \"msrvtt7k\": data_root, \"msvd\": None, "
+                "\"lsmdc\": None,\n"
+                "}"),
+        new_code_cell("from IPython.display import Markdown, display\n\n"
+                      "from xpool.authors import authors_study\n\n"
+                      "res = authors_study(profile, checkpoints, roots, output_dir=output_dir)\n"
+                      "display(Markdown(res.markdown))"),
+        new_markdown_cell("Where the records and tables are:"),
+        new_code_cell("for key, ev in res.evaluations.items():\n"
+                      "    print(key, ev.record_dir, ev.table_path)"),
     ])
 
 
@@ -208,6 +254,7 @@ def main() -> None:
     notebooks["06_subregion_study"] = subregion_notebook()
     notebooks["07_figures"] = figures_notebook()
     notebooks["08_explore"] = explore_notebook()
+    notebooks["09_authors_checkpoints"] = authors_notebook()
     for name, nb in notebooks.items():
         nb.metadata["kernelspec"] = {"name": "xpool", "display_name": "Python (xpool)",
                                      "language": "python"}

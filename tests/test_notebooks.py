@@ -169,9 +169,11 @@ def test_missing_corpus_stops_the_notebook_with_the_download_command(tmp_path):
 def test_notebook_selection_per_profile():
     from xpool.config import load_config
 
-    assert rp.notebooks_for(load_config("embedded")) == list(rp.NOTEBOOKS)
+    # The authors' checkpoints notebook: real-data profiles, and smoke (a random converted model).
+    assert rp.notebooks_for(load_config("embedded")) == list(rp.NOTEBOOKS[:-1])
+    assert rp.notebooks_for(load_config("smoke")) == list(rp.NOTEBOOKS)
     assert rp.notebooks_for(load_config("paper-msvd")) == [
-        "03_msvd", "05_pooling_ablation", "07_figures", "08_explore"]
+        "03_msvd", "05_pooling_ablation", "07_figures", "08_explore", "09_authors_checkpoints"]
     assert rp.notebook_parameters("frozen-msrvtt9k", "01_msrvtt_9k")["mode"] is None
     assert rp.notebook_parameters("embedded", "05_pooling_ablation") == {}
     # The fine-tuned variant of the embedded study: the pooling ablation only, one seed.

@@ -82,10 +82,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    from xpool.model.checkpoints import is_authors_file
+    if is_authors_file(args.checkpoint):
+        from xpool.authors import evaluate_authors_checkpoint
+        res = evaluate_authors_checkpoint(cfg, args.checkpoint, split=args.split)
+        print(res.markdown)
+        print(f"run record: {res.record_dir}")
+        print(f"table: {res.table_path} (and .md)")
+        return 0
     from xpool.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
     for direction, metrics in result.items():
         print(direction, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    if "=" in args.profile:  # `xpool index DIR key=value`: no profile given, only overrides
+        args.overrides, args.profile = [args.profile, *args.overrides], "paper-msrvtt9k"
+    cfg = _config(args)
+    from xpool.search import build_index, default_index_dir
+    report = build_index(cfg, args.videos_dir, args.out or default_index_dir(),
+                         checkpoint=args.checkpoint)
+    print(report.summary())
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from xpool.search import default_index_dir, format_hits, load_index, search
+    index = load_index(args.index or default_index_dir())
+    hits = search(index, args.caption, top=args.top, pooling=args.pooling)
+    head = args.pooling or index.cfg.model.pooling
+    print(f"top {len(hits)} of {len(index.paths)} videos for {args.caption!r} ({head} pooling)")
+    print(format_hits(hits))
     return 0
 
 
@@ -144,9 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint"))
-    p.add_argument("--checkpoint", required=True, help="path to a checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run's checkpoint (best.pt) or an authors' model_best.pth")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="embed every video in a folder for `xpool search`")
+    p.add_argument("videos_dir", help="folder of videos (searched recursively)")
+    p.add_argument("profile", nargs="?", default="paper-msrvtt9k",
+                   help=PROFILE_HELP + " (default paper-msrvtt9k)")
+    p.add_argument("overrides", nargs="*", default=[], help=OVERRIDE_HELP)
+    p.add_argument("--checkpoint", default=None,
+                   help="a run's checkpoint or an authors' model_best.pth (default: the profile's "
+                        "model.pretrained weights)")
+    p.add_argument("--out", default=None, help="index folder (default $XPOOL_INDEX or index/)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="rank the indexed videos for a caption")
+    p.add_argument("caption", help="the text query")
+    p.add_argument("--top", type=int, default=5, help="how many videos to show (default 5)")
+    p.add_argument("--index", default=None, help="index folder (default $XPOOL_INDEX or index/)")
+    p.add_argument("--pooling", default=None,
+                   help="another pooling head than the index's (parameter-free: mean, topk, "
+                        "attention)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("reproduce", help="run every notebook of a profile with papermill")
     p.add_argument("profile", nargs="?", default="embedded", help=PROFILE_HELP)
@@ -164,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `xpool` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options too (`eval P --checkpoint X data.root=Y`): argparse ends
+    # a nargs="*" positional at the first option, so the rest arrives as unknown arguments.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except XPoolError as e:

@@ -29,6 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from xpool.errors import XPoolError
+from xpool.model.checkpoints import authors_clip_state, is_authors_checkpoint
+from xpool.model.hf_clip import (
+    convert_hf_clip_state_dict,
+    hf_folder_weights,
+    is_hf_clip_state_dict,
+    read_hf_clip_folder,
+)
 
 __all__ = ["CONFIG_DIR", "TINY_MODELS", "ClipBackbone", "build_backbone"]
 
@@ -151,17 +158,28 @@ def _looks_like_path(value: str) -> bool:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+def _read_state_dict(path: Path) -> tuple[dict[str, Tensor], bool]:
+    """(open_clip state dict, whether the weights are OpenAI's QuickGELU CLIP family).
+
+    Reads OpenAI's TorchScript files, open_clip or ``ClipBackbone`` state dicts, Hugging Face
+    ``CLIPModel`` weights (a model folder or its weights file) and the authors' X-Pool
+    checkpoints (``{'epoch', 'state_dict', 'optimizer'}`` with ``clip.`` keys).
+    """
+    if path.is_dir():
+        return read_hf_clip_folder(path)[0], True
     if _is_torchscript(path):
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size"):
             state.pop(key, None)
-    elif path.suffix == ".safetensors":
+        return state, True
+    if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path), device="cpu")
     else:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+        if is_authors_checkpoint(obj):
+            return authors_clip_state(obj, where=str(path)), True
         if isinstance(obj, dict):
             for key in ("state_dict", "model"):
                 if isinstance(obj.get(key), dict):
@@ -174,12 +192,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     for prefix in ("module.", "model."):
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state
+    if is_hf_clip_state_dict(state):
+        return convert_hf_clip_state_dict(state, where=str(path)), True
+    return state, False
 
 
-def _load_local_checkpoint(model: nn.Module, path: Path) -> None:
+def _load_local_checkpoint(model: nn.Module, path: Path, state: dict[str, Tensor]) -> None:
     try:
-        state = _read_state_dict(path)
         scale = state.get("logit_scale")
         if scale is not None and scale.ndim != model.logit_scale.ndim:
             state["logit_scale"] = scale.reshape(model.logit_scale.shape)
@@ -203,13 +222,15 @@ def build_backbone(
     Args:
         model_name: any open_clip architecture (``ViT-B-32``) or a tiny project config
             (``xpool-tiny``, ``xpool-smoke``).
-        pretrained: an open_clip tag (``openai``), a path to a local checkpoint file (OpenAI's
-            TorchScript release, an open_clip state dict, or a saved ``ClipBackbone`` state
-            dict), or ``None`` for random initialisation.
+        pretrained: an open_clip tag (``openai``), a path to a local checkpoint (OpenAI's
+            TorchScript release, an open_clip state dict, a saved ``ClipBackbone`` state dict, a
+            Hugging Face ``CLIPModel`` folder with ``model.safetensors`` or
+            ``pytorch_model.bin``, or one of the authors' X-Pool checkpoints, whose CLIP part is
+            used), or ``None`` for random initialisation.
         cache_dir: where open_clip caches downloads.
         quick_gelu: use QuickGELU activations (what OpenAI's CLIP was trained with). ``None``
-            decides automatically: on for tags trained with it (``openai``) and for OpenAI's
-            TorchScript files, off otherwise.
+            decides automatically: on for tags trained with it (``openai``), for OpenAI's
+            TorchScript files and for Hugging Face / authors' weights, off otherwise.
 
     Raises:
         XPoolError: unknown architecture or tag, a missing or unreadable checkpoint file, or a
@@ -254,14 +275,25 @@ def build_backbone(
             f"model.pretrained=/path/to/{model_name}.pt"
         )
     path = Path(pretrained).expanduser()
-    if not path.is_file():
+    if path.is_dir() and hf_folder_weights(path) is None:
+        raise XPoolError(
+            f"{path} is a folder without model.safetensors or pytorch_model.bin; model.pretrained "
+            "takes a Hugging Face CLIPModel folder, a checkpoint file or a tag such as openai"
+        )
+    if not path.exists():
         raise XPoolError(
             f"CLIP checkpoint file not found: {path}. Point model.pretrained=/path/to/"
             f"{model_name}.pt at an existing file, or use a tag such as model.pretrained=openai "
             "where the weights can be downloaded"
         )
-    gelu = _is_torchscript(path) if quick_gelu is None else quick_gelu
+    try:
+        state, openai_family = _read_state_dict(path)
+    except XPoolError:
+        raise
+    except Exception as err:  # unreadable, truncated or foreign files alike
+        raise XPoolError(f"could not read the CLIP checkpoint {path}: {err}") from err
+    gelu = openai_family if quick_gelu is None else quick_gelu
     with _quiet_random_init():
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=gelu)
-    _load_local_checkpoint(model, path)
+    _load_local_checkpoint(model, path, state)
     return ClipBackbone(model, model_name)
