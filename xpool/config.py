@@ -43,6 +43,8 @@ class DataConfig:
     num_workers: int = 0
     missing: str = "error"
     val_videos: int = 0
+    # A video listed in both the training and the test split is an error unless this is true.
+    allow_overlap: bool = False
 
 
 @dataclass
