@@ -10,6 +10,7 @@ splits are already cached (extraction decoded them).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -26,17 +27,43 @@ def preflight(cfg: Config, eval_splits: list[str], progress: bool = True) -> Non
     overlap), then every evaluation video (decoded once per corpus state)."""
     from xpool.train import load_split
 
+    if cfg.model.frozen:
+        from xpool.features import feature_path
+
+        to_decode = [s for s in eval_splits if not feature_path(cfg, s).is_file()]
+    else:
+        to_decode = list(eval_splits)
+    marker = _annotations_marker(cfg, eval_splits)
+    if marker.is_file() and not to_decode:
+        return  # these annotations passed before, and no video needs decoding
     train = load_split(cfg, "train")
     corpora = {split: load_split(cfg, split) for split in eval_splits}
     if "test" in corpora:
         check_split_overlap(train, corpora["test"], cfg.data.allow_overlap)
-    if cfg.model.frozen:
-        from xpool.features import feature_path
-
-        eval_splits = [s for s in eval_splits if not feature_path(cfg, s).is_file()]
-    paths = sorted({p for s in eval_splits for p in corpora[s].videos.values()})
+    write_json(marker, {"corpus": cfg.data.corpus, "root": str(cfg.data_root),
+                        "splits": eval_splits})
+    paths = sorted({p for s in to_decode for p in corpora[s].videos.values()})
     if paths:
         check_videos(paths, cfg.data.num_frames, progress=progress)
+
+
+def _annotations_marker(cfg: Config, splits: list[str]) -> Path:
+    """Keyed on every setting that changes what is checked and on the size and modification
+    time of every file in the corpus root (the annotation files live there)."""
+    d = cfg.data
+    h = hashlib.sha256(repr((d.corpus, d.train_list, d.val_videos, d.missing, d.allow_overlap,
+                             sorted(splits))).encode())
+    root = cfg.data_root
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        entries = []
+    for e in entries:
+        if e.is_file():
+            st = e.stat()
+            h.update(f"{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(str(root.resolve()).encode())
+    return Path("cache") / "validated" / f"annotations-{h.hexdigest()[:16]}.json"
 
 
 def _marker(paths: list[Path], num_frames: int) -> Path:
