@@ -437,10 +437,37 @@ def test_cli_train_fresh_and_the_unfinished_run_hint(workdir, capsys):
     assert build_parser().parse_args(["train", "smoke", "--fresh"]).fresh
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "smoke", "--fresh", "--resume"])
+    import xpool.train as tr
+
     record = base_record()
+    before = record.metrics()
     mtime = record.metrics_path.stat().st_mtime_ns
     assert main(["train", "smoke", "model.pooling=mean", "output.run_name=base", "--fresh"]) == 0
     assert record.metrics_path.stat().st_mtime_ns != mtime
+    assert record.metrics()["t2v"] == before["t2v"]  # same config, same seed: same result
+    # A fresh start that dies early leaves no stale metrics.json claiming the run is finished.
+    real_step = tr._train_step
+
+    def die(cfg_, model, objective, batch, optimizer, device, step, epoch):
+        if step == 3:  # after the checkpoint of step 2
+            raise RuntimeError("killed")
+        return real_step(cfg_, model, objective, batch, optimizer, device, step, epoch)
+
+    tr._train_step = die
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            tr.train(smoke(**{"model.pooling": "mean", "output.run_name": "base"}), fresh=True,
+                     progress=False)
+    finally:
+        tr._train_step = real_step
+    assert not record.finished
+    assert torch.load(record.last_checkpoint, weights_only=True)["state"]["step"] == 2
+    capsys.readouterr()
+    assert main(["train", "smoke", "model.pooling=mean", "output.run_name=base"]) == 2
+    assert ("xpool train smoke model.pooling=mean output.run_name=base --resume"
+            in capsys.readouterr().err)
+    assert main(["train", "smoke", "model.pooling=mean", "output.run_name=base", "--resume"]) == 0
+    assert record.metrics()["t2v"] == before["t2v"]
 
 
 def test_missing_video_hint_names_the_config_key(workdir, tmp_path):

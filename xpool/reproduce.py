@@ -263,8 +263,9 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
             timings[name] = seconds
             if error == INTERRUPTED:
                 failure = f"interrupted during notebook {name}"
+                again = f"xpool reproduce {profile}" + (" --figures-only" if figures_only else "")
                 log(f"[reproduce] interrupted during {name}; finished runs are kept: rerun "
-                    f"`xpool reproduce {profile}` to continue where it stopped")
+                    f"`{again}` to continue where it stopped")
                 status = 130
                 break
             if error and failure is None:

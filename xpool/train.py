@@ -470,6 +470,10 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
         if progress and info.is_main:
             print(f"[xpool] resuming {record.run_dir} at step {state['step']}/{total_steps}")
     elif info.is_main:
+        # A fresh start: nothing of an earlier attempt may pass for this one's (a finished
+        # record, or a checkpoint that --resume would continue).
+        for old in (record.metrics_path, record.last_checkpoint, record.best_checkpoint):
+            old.unlink(missing_ok=True)
         record.start(cfg)
         log.reset()
         for p in record.evals_dir.glob("eval_*.json"):
