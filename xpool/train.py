@@ -358,6 +358,18 @@ class _StopRequest:
                 signal.signal(s, h)
 
 
+def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether any process has `flag` set, so every rank stops at the same step (under DDP a
+    signal can reach the ranks at different steps)."""
+    if not info.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after saving `last.pt`; the message holds the command
     that resumes it."""
@@ -530,14 +542,16 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
                 barrier(info)
                 if step >= total_steps:
                     break
-                if stop.signum is not None:
+                if _any_rank(stop.signum is not None, info, device):
                     if info.is_main and not saved:
                         state["elapsed_s"] = elapsed_before + time.time() - t_start
                         _save_checkpoint(record.last_checkpoint, model, optimizer, scheduler, state,
                                          cfg)
                     barrier(info)
                     bar.close()
-                    message = (f"{signal.Signals(stop.signum).name} at step {step}/{total_steps}: "
+                    name = (signal.Signals(stop.signum).name if stop.signum
+                            else "a stop on another rank")
+                    message = (f"{name} at step {step}/{total_steps}: "
                                f"saved {record.last_checkpoint}; resume with `{resume_command(cfg)}`")
                     if info.is_main:
                         print(f"[xpool] {message}", file=sys.stderr, flush=True)
