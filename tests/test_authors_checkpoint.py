@@ -81,12 +81,14 @@ def profile(tmp_path_factory):
     return p
 
 
-def independent_sims(corpus, hf, head, tmp_path) -> torch.Tensor:
+def independent_sims(corpus, hf, head, tmp_path, profile) -> torch.Tensor:
     root, captions = corpus
+    data = load_config(profile).data  # the frame rule and resize the evaluation must use
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    transform = VideoTransform(32, mean, std, train=False)
+    transform = VideoTransform(32, mean, std, train=False, antialias=data.antialias)
     clips = torch.stack([transform(sample_frames(root / "videos" / f"video{9000 + i}.mp4",
-                                                 NUM_FRAMES)[0]) for i in range(6)])
+                                                 NUM_FRAMES, rule=data.sampling_rule)[0])
+                         for i in range(6)])
     tok = hf_tokenizer(tmp_path / "bpe")(captions, padding=True, truncation=True, max_length=32,
                                          return_tensors="pt")
     with torch.no_grad():
@@ -119,7 +121,7 @@ def test_cli_eval_of_authors_checkpoint_matches_independent_computation(
     assert (record / "config.yaml").is_file() and (record / "environment.json").is_file()
     assert metrics["checkpoint_epoch"] == 3 and metrics["num_videos"] == 6
 
-    sims = independent_sims(corpus, hf, head, tmp_path)
+    sims = independent_sims(corpus, hf, head, tmp_path, profile)
     t2v, v2t = ranks_of(sims), ranks_of(sims.T)
     assert metrics["ranks"]["t2v"] == t2v.tolist()
     assert metrics["ranks"]["v2t"] == v2t.tolist()

@@ -47,10 +47,25 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _urls(items: Sequence[str], corpus: str) -> dict[str, str]:
+    """`--url KEY=URL` options -> {key: url}; the keys are those of DEFAULT_URLS[corpus]."""
+    from xpool.data.download import DEFAULT_URLS
+
+    valid = sorted(DEFAULT_URLS.get(corpus, {}))
+    urls: dict[str, str] = {}
+    for item in items:
+        key, sep, url = item.partition("=")
+        if not sep or key not in valid or not url:
+            raise XPoolError(f"--url {item!r}: expected KEY=URL with KEY one of {valid} "
+                             f"(e.g. --url videos=https://mirror.example/MSRVTT.zip)")
+        urls[key] = url
+    return urls
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from xpool.data.download import download_corpus
 
-    download_corpus(args.corpus, args.root)
+    download_corpus(args.corpus, args.root, urls=_urls(args.url, args.corpus))
     return 0
 
 
@@ -75,7 +90,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from xpool.train import train
-    record = train(cfg, resume=args.resume)
+    record = train(cfg, resume=args.resume, fresh=args.fresh)
     print(f"run record: {record.run_dir}")
     return 0
 
@@ -153,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download a real corpus (msrvtt, msvd) into --root")
     p.add_argument("corpus", choices=["msrvtt", "msvd", "lsmdc"])
     p.add_argument("--root", required=True, help="corpus root directory (e.g. data/msrvtt)")
+    p.add_argument("--url", action="append", default=[], metavar="KEY=URL",
+                   help="fetch KEY (annotations, videos; msvd also captions) from a mirror "
+                        "instead; repeatable. Annotation checksums are still enforced")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", help="prepare videos (compress: re-encode to 3 fps, short side 224)")
@@ -169,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract_features)
 
     p = with_profile(sub.add_parser("train", help="train a retrieval model from a profile"))
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    what.add_argument("--fresh", action="store_true",
+                      help="start the run over, discarding its checkpoint or finished record")
     p.set_defaults(func=cmd_train)
 
     p = with_profile(sub.add_parser("eval", help="evaluate a checkpoint"))
@@ -228,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XPoolError as e:
         print(f"xpool {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"xpool {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        detail = f": {e}" if str(e) else ""
+        print(f"xpool {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -55,6 +55,8 @@ class DataConfig:
     # LSMDC captions: "authors" (one caption per clip id, last one wins, their skipped clip
     # dropped) or "all" (every row of the annotation file). See xpool.data.corpora.
     lsmdc_captions: str = "authors"
+    # A video listed in both the training and the test split is an error unless this is true.
+    allow_overlap: bool = False
 
 
 @dataclass

@@ -23,3 +23,20 @@ class DownloadError(XPoolError):
 
 class TrainingError(XPoolError):
     """Training cannot continue (for example a NaN or infinite loss)."""
+
+
+class FileReadError(XPoolError):
+    """A file cannot be read: missing, truncated, corrupt, wrongly encoded or unsafe to load
+    (names the path, what is wrong and what to do)."""
+
+
+class UnsafeFileError(FileReadError):
+    """A `.pt` file holds Python objects that would run code when unpickled; it was refused."""
+
+
+class DiskFullError(XPoolError):
+    """A write failed because the file system is full (names the path being written)."""
+
+
+class RunLockedError(XPoolError):
+    """Another live process holds the lock of a run folder (names the run and the PID)."""

@@ -47,7 +47,18 @@ class EvalEmbeddings:
 
     @classmethod
     def load(cls, path: Path) -> EvalEmbeddings:
-        d = torch.load(path, map_location="cpu", weights_only=False)
+        """Read what `save` wrote (tensors and lists only: nothing else is unpickled)."""
+        from xpool.io import torch_load
+
+        path = Path(path)
+        d = torch_load(path, "test embeddings", f"retrain the run in {path.parent} "
+                       f"(`xpool train PROFILE ... --fresh`) to rewrite them")
+        need = ("text_embeds", "frame_embeds", "video_of_text", "video_ids", "texts")
+        if not isinstance(d, dict) or any(k not in d for k in need):
+            from xpool.errors import FileReadError
+
+            raise FileReadError(f"{path} is not a test-embeddings file (needs {list(need)}); "
+                                f"retrain the run in {path.parent} to rewrite it")
         return cls(
             d["text_embeds"].float(),
             d["frame_embeds"].float(),
@@ -115,6 +126,42 @@ def score(pooling: torch.nn.Module, emb: EvalEmbeddings, cfg: EvalConfig,
     return result
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# Config sections that decide a model's architecture or what its weights mean.
+MODEL_SECTIONS = ("model.", "data.num_frames")
+
+
+def checkpoint_mismatch(path: str | Path, stored: Any, cause: BaseException,
+                        cfg: Config | None = None) -> str:
+    """Why a checkpoint's weights do not fit the model of the current config: the config keys
+    that differ between the config stored with the checkpoint and `cfg`."""
+    first = str(cause).splitlines()[0][:200]
+    if not isinstance(stored, dict):
+        return (f"checkpoint {path} does not fit the model of this config ({first}) and stores "
+                f"no config to compare; pass the profile and overrides it was trained with")
+    if cfg is None:
+        return f"checkpoint {path} does not fit the model of this config ({first})"
+    mine, theirs = _flatten(cfg.to_dict()), _flatten(stored)
+    keys = sorted(k for k in set(mine) | set(theirs)
+                  if k.startswith(MODEL_SECTIONS) and mine.get(k) != theirs.get(k))
+    if not keys:
+        return (f"checkpoint {path} does not fit the model of this config ({first}), although "
+                f"the model settings stored with it are the same")
+    diffs = ", ".join(f"{k}: checkpoint {theirs.get(k)!r}, config {mine.get(k)!r}" for k in keys)
+    overrides = " ".join(f"{k}={theirs.get(k)}" for k in keys if k in theirs)
+    return (f"checkpoint {path} was trained with a different model config; differing keys: "
+            f"{diffs}. Evaluate it with those overrides (e.g. `xpool eval "
+            f"{stored.get('profile', 'PROFILE')} {overrides} --checkpoint {path}`)")
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test",
                         progress: bool = True) -> dict[str, dict[str, float]]:
     """Load a checkpoint (a run's `best.pt` or `last.pt`) and evaluate it on `split`."""
@@ -129,7 +176,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test"
     ensure_data(cfg, progress)
     device = pick_device()
     model = make_model(cfg).to(device)
-    load_model_state(model, checkpoint)
+    load_model_state(model, checkpoint, cfg)
     emb = build_eval_embeddings(cfg, model, split, device, progress=progress)
     result = score(model.pooling, emb, cfg.eval, device)
     return {k: v for k, v in result.items() if k in ("t2v", "v2t", "t2v_dsl", "v2t_dsl")}

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from xpool.config import Config
-from xpool.errors import XPoolError
+from xpool.errors import FileReadError, XPoolError
 from xpool.evaluate import EvalEmbeddings
-from xpool.io import torch_save
+from xpool.io import torch_load, torch_save
 
 
 @dataclass
@@ -116,9 +116,9 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
     text_shard = parts / "texts.pt"
     if not text_shard.is_file():
         torch_save(embed_texts(model, es.texts, cfg.eval.batch_size, device).half(), text_shard)
-    frames = torch.cat([torch.load(parts / f"videos_{i:05d}.pt") for i in range(n_shards)])
+    frames = torch.cat([_load_shard(parts / f"videos_{i:05d}.pt") for i in range(n_shards)])
     torch_save({"video_ids": list(es.video_ids), "frame_feats": frames, "texts": list(es.texts),
-                "text_feats": torch.load(text_shard),
+                "text_feats": _load_shard(text_shard),
                 "video_of_text": torch.from_numpy(np.asarray(es.video_of_text)),
                 "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained}, out)
     shutil.rmtree(parts)
@@ -133,9 +133,29 @@ def load_features(cfg: Config, split: str) -> FeatureSet:
             f"no cached features for split '{split}' at {path}; run "
             f"`xpool extract-features {cfg.profile} --splits {split}` first"
         )
-    d = torch.load(path, map_location="cpu", weights_only=False)
+    d = torch_load(path, "feature cache", _rebuild_hint(cfg, split, path))
+    need = ("video_ids", "frame_feats", "texts", "text_feats", "video_of_text")
+    if not isinstance(d, dict) or any(k not in d for k in need):
+        raise FileReadError(f"feature cache {path} lacks {list(need)}; "
+                            f"{_rebuild_hint(cfg, split, path)}")
     return FeatureSet(d["video_ids"], d["frame_feats"], d["texts"], d["text_feats"],
                       d["video_of_text"].numpy())
+
+
+def _rebuild_hint(cfg: Config, split: str, path: Path) -> str:
+    return (f"delete {path} and rebuild it with `xpool extract-features {cfg.profile} "
+            f"--splits {split}` (training re-extracts it too)")
+
+
+def _load_shard(path: Path) -> torch.Tensor:
+    """One finished shard of an extraction; a corrupt shard names itself for deletion (deleting
+    it makes the next extraction recompute just that shard)."""
+    feats = torch_load(path, "feature shard", "delete it and rerun the extraction, which "
+                       "recomputes only the missing shards")
+    if not isinstance(feats, torch.Tensor):
+        raise FileReadError(f"feature shard {path} holds {type(feats).__name__}, not a tensor; "
+                            f"delete it and rerun the extraction")
+    return feats
 
 
 def feature_dim(cfg: Config) -> int:

@@ -95,7 +95,9 @@ def ensure_pretrained(config: Config, progress: bool = True) -> Path:
         return ckpt
     if config.pretrain.steps == 0:
         raise ConfigError("pretrain.steps = 0: nothing to train; use model.pretrained=null instead")
-    _pretrain(config, out, progress)
+    # Callers may hold `torch.no_grad()` (feature extraction does); pretraining needs gradients.
+    with torch.enable_grad():
+        _pretrain(config, out, progress)
     return ckpt
 
 

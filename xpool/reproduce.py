@@ -8,7 +8,8 @@ and figures under `results/<profile>/`. Runs are cached by their resolved config
 `figures_only=True` re-executes the notebooks in read-only mode: every table and figure is
 rebuilt from the saved run records, nothing is trained.
 
-A failing notebook stops the study with exit code 1, naming the notebook and the failing cell.
+A failing notebook stops the study with exit code 1, naming the notebook and the failing cell;
+Ctrl-C stops it with exit code 130 and one line (finished runs are kept, a rerun continues).
 Timings go to `results/<profile>/reproduce_record.json`.
 """
 
@@ -17,7 +18,8 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,48 @@ def _execute(src: str, dst: str, params: dict[str, Any], kernel: str,
 
     t = time.time()
     try:
+        with _quiet_kernel_shutdown():
+            return _run_notebook(pm, src, dst, params, kernel, cwd, t)
+    except KeyboardInterrupt:
+        return round(time.time() - t, 1), INTERRUPTED
+    except Exception as e:
+        if _interrupted(e):  # the kernel's channels failing while a Ctrl-C shuts it down
+            return round(time.time() - t, 1), INTERRUPTED
+        raise
+
+
+INTERRUPTED = "interrupted"
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether `error` was raised while handling a KeyboardInterrupt (anywhere in its chain)."""
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__context__ or error.__cause__, seen + 1
+    return False
+
+
+@contextmanager
+def _quiet_kernel_shutdown() -> Iterator[None]:
+    """Keep a Ctrl-C from printing the kernel client's teardown tracebacks (ZMQError from its
+    closed sockets): the interrupt itself is reported in one line by `reproduce`."""
+    import logging
+
+    names = ("traitlets", "asyncio", "papermill", "nbclient", "jupyter_client")
+    try:
+        yield
+    except KeyboardInterrupt:
+        # The process is stopping: the teardown noise of the kernel's sockets is not news.
+        for n in names:
+            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+        raise
+
+
+def _run_notebook(pm: Any, src: str, dst: str, params: dict[str, Any], kernel: str, cwd: str,
+                  t: float) -> tuple[float, str | None]:
+    try:
         try:
             # Only what the notebook declares (papermill would inject the rest with a warning).
             declared = pm.inspect_notebook(src)
@@ -135,8 +179,12 @@ def _execute(src: str, dst: str, params: dict[str, Any], kernel: str,
         pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=cwd,
                             progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as e:
+        if e.ename == "KeyboardInterrupt":
+            return round(time.time() - t, 1), INTERRUPTED
         return round(time.time() - t, 1), f"failed in {_cell_of(e)}"
     except Exception as e:  # no kernel, unreadable notebook: still name the notebook
+        if _interrupted(e):
+            raise
         hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
         return round(time.time() - t, 1), f"could not run: {type(e).__name__}: {e}{hint}"
     return round(time.time() - t, 1), None
@@ -212,17 +260,20 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
             continue
         for k, (name, *_) in enumerate(phase):
             log(f"[reproduce] [{done + k + 1}/{len(names)}] {name} ...")
-        if len(phase) == 1:
-            outcomes = [(phase[0][0], *_execute(*phase[0][1:]))]
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase))) as pool:
-                futures = [(j[0], pool.submit(_execute, *j[1:])) for j in phase]
-                outcomes = [(n, *f.result()) for n, f in futures]
+        try:
+            outcomes = _run_phase(phase)
+        except KeyboardInterrupt:
+            outcomes = [(phase[0][0], 0.0, INTERRUPTED)]
         for name, seconds, error in outcomes:
             done += 1
             timings[name] = seconds
+            if error == INTERRUPTED:
+                failure = f"interrupted during notebook {name}"
+                again = f"xpool reproduce {profile}" + (" --figures-only" if figures_only else "")
+                log(f"[reproduce] interrupted during {name}; finished runs are kept: rerun "
+                    f"`{again}` to continue where it stopped")
+                status = 130
+                break
             if error and failure is None:
                 failure = f"notebook {name} {error}"
                 log(f"[reproduce] FAILED: {failure}")
@@ -250,10 +301,29 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
                  else "cached" if runs_after == runs_before else "partial"),
         "python": sys.version.split()[0],
     }
+    if status == 130:
+        entry["status"] = "interrupted"
     _write_record(out / "reproduce_record.json", entry)
     if status == 0:
         _summary(out, wall, runs_before, runs_after, log)
     return status
+
+
+def _run_phase(phase: list[tuple]) -> list[tuple[str, float, str | None]]:
+    """Execute a phase's notebooks: in this process when alone, else in worker processes."""
+    if len(phase) == 1:
+        return [(phase[0][0], *_execute(*phase[0][1:]))]
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase)))
+    try:
+        futures = [(j[0], pool.submit(_execute, *j[1:])) for j in phase]
+        return [(n, *f.result()) for n, f in futures]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _write_record(path: Path, entry: dict[str, Any]) -> None:

@@ -9,15 +9,19 @@ that is how `make reproduce` caches finished runs.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from xpool.config import Config, config_from_dict, save_config
-from xpool.io import read_json, write_json
+from xpool.errors import RunLockedError, XPoolError
+from xpool.io import read_csv_rows, read_json, read_yaml, write_json
 
 
 def run_id(cfg: Config) -> str:
@@ -69,32 +73,101 @@ class RunRecord:
     def finished(self) -> bool:
         return self.metrics_path.is_file()
 
+    @property
+    def lock_path(self) -> Path:
+        # In the git-ignored checkpoints folder, so committed run records never carry it.
+        return self.checkpoint_dir / ".lock"
+
+    def _remedy(self) -> str:
+        return (f"delete the run folder {self.run_dir} (or just this file) and train the run "
+                f"again (`xpool train ... --fresh`)")
+
     def metrics(self) -> dict[str, Any]:
         """The final metrics of a finished run."""
-        return read_json(self.metrics_path)
+        return read_json(self.metrics_path, self._remedy())
 
     def config(self) -> Config:
         """The resolved config this run was made with."""
-        import yaml
-
-        return config_from_dict(yaml.safe_load(self.config_path.read_text()), str(self.config_path))
+        raw = read_yaml(self.config_path, self._remedy())
+        if not isinstance(raw, dict):
+            raise XPoolError(f"{self.config_path} is not a mapping of config sections; "
+                             f"{self._remedy()}")
+        return config_from_dict(raw, str(self.config_path))
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Every evaluation made during training, in order."""
-        return [read_json(p) for p in sorted(self.evals_dir.glob("eval_*.json"))]
+        return [read_json(p, self._remedy()) for p in sorted(self.evals_dir.glob("eval_*.json"))]
 
     def train_log(self) -> list[dict[str, str]]:
         """The per-step training log as rows of strings."""
         if not self.log_path.is_file():
             return []
-        with self.log_path.open() as f:
-            return list(csv.DictReader(f))
+        return read_csv_rows(self.log_path, ("step",), self._remedy())
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete `.*.tmp` files that killed atomic writes left behind (only call it while
+        holding the run's lock: a live writer's temporary file must not vanish)."""
+        removed = []
+        if self.run_dir.is_dir():
+            for p in self.run_dir.rglob(".*.tmp"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
 
     def start(self, cfg: Config) -> None:
         """Create the directory and record the resolved config and the environment."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config_path)
         write_json(self.run_dir / "environment.json", environment_info())
+
+
+class RunLock:
+    """An exclusive `flock` on `<run>/.lock`, holding the owner's PID.
+
+    The kernel drops a `flock` when its process dies (even by kill -9), so a lock file left by a
+    killed run never blocks: only a live process holds the lock.
+    """
+
+    def __init__(self, record: RunRecord):
+        self.record = record
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> RunLock:
+        path = self.record.lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                f.close()
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(
+                f"run {self.record.run_dir.name} ({self.record.run_dir}) is in use by another "
+                f"process (PID {holder.split()[0]}); wait for it to finish or stop it, then rerun"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def environment_info() -> dict[str, Any]:
@@ -141,9 +214,8 @@ class CsvLog:
         """Drop rows logged after `step` (they are recomputed when a run resumes)."""
         if not self.path.is_file():
             return
-        with self.path.open() as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        self._write(rows)
+        rows = read_csv_rows(self.path, ("step",))
+        self._write([r for r in rows if int(r["step"]) <= step])
 
     def reset(self) -> None:
         self._write([])

@@ -30,7 +30,7 @@ import pandas as pd
 from xpool import reporting
 from xpool.config import POOLINGS, Config, load_config
 from xpool.errors import ConfigError, CorpusError, XPoolError
-from xpool.io import read_json
+from xpool.io import read_json, torch_load
 from xpool.runs import RunRecord
 
 MODES = ("finetune", "frozen")
@@ -829,7 +829,6 @@ class RunOutputs:
 
 def load_outputs(result: RunResult) -> RunOutputs:
     """Load `test_embeddings.pt` and `pooling_head.pt` of a finished run."""
-    import torch
 
     from xpool.evaluate import EvalEmbeddings
     from xpool.model.pooling import build_pooling
@@ -842,7 +841,7 @@ def load_outputs(result: RunResult) -> RunOutputs:
     emb = EvalEmbeddings.load(run_dir / "test_embeddings.pt")
     cfg = result.config
     head = build_pooling(cfg.model.pooling, int(emb.text_embeds.shape[1]), **pooling_options(cfg))
-    head.load_state_dict(torch.load(run_dir / "pooling_head.pt", map_location="cpu"))
+    head.load_state_dict(torch_load(run_dir / "pooling_head.pt", "pooling head"))
     head.eval()
     return RunOutputs(result, emb, head)
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +35,11 @@ from xpool.distributed import (
 )
 from xpool.errors import TrainingError, XPoolError
 from xpool.evaluate import EvalEmbeddings, embed_texts, embed_videos, score
-from xpool.io import torch_save, write_json
+from xpool.io import torch_load, torch_save, write_json
 from xpool.losses import symmetric_infonce
 from xpool.model.retrieval import RetrievalModel
 from xpool.optim import build_optimizer
-from xpool.runs import CsvLog, RunRecord
+from xpool.runs import CsvLog, RunLock, RunRecord
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr_clip", "lr_new", "logit_scale", "batch", "skipped",
               "seconds"]
@@ -109,13 +113,24 @@ def make_model(cfg: Config, embed_dim: int | None = None) -> RetrievalModel:
     return RetrievalModel(backbone, pooling)
 
 
-def load_model_state(model: RetrievalModel, path: str | Path) -> dict[str, Any]:
-    """Load a run checkpoint (`best.pt`, `last.pt`) into `model`; returns the checkpoint."""
+def load_model_state(model: RetrievalModel, path: str | Path,
+                     cfg: Config | None = None) -> dict[str, Any]:
+    """Load a run checkpoint (`best.pt`, `last.pt`) into `model`; returns the checkpoint.
+
+    Weights that do not fit `model` raise an XPoolError naming the config keys (model section)
+    in which the checkpoint's stored config differs from `cfg`."""
+    from xpool.evaluate import checkpoint_mismatch
+
     path = Path(path)
-    if not path.is_file():
-        raise XPoolError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    ckpt = torch_load(path, "checkpoint", "pass the best.pt or last.pt of a run, or retrain the "
+                      "run (`xpool train PROFILE ... --fresh`)")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise XPoolError(f"checkpoint {path} is not an xpool run checkpoint (no 'model' state "
+                         f"dict); pass the best.pt or last.pt of a run")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise XPoolError(checkpoint_mismatch(path, ckpt.get("config"), e, cfg)) from None
     return ckpt
 
 
@@ -271,7 +286,11 @@ def cosine_with_warmup(total_steps: int, warmup_fraction: float, start: str = "o
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every RNG's state in types `torch.load(weights_only=True)` accepts (tensors, ints, str)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)],
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -280,8 +299,10 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -324,29 +345,111 @@ def _eval_steps(steps_per_epoch: int, evals_per_epoch: int, rule: str = "rounded
 # ----------------------------------------------------------------------------- the loop
 
 
+def resume_command(cfg: Config) -> str:
+    """The exact `xpool train ... --resume` command that continues the run of `cfg`: the profile
+    plus an override for every key whose value differs from the profile's."""
+    import yaml
+
+    from xpool.config import load_config
+
+    base, cur = load_config(cfg.profile).to_dict(), cfg.to_dict()
+    overrides = []
+    for section, values in cur.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if base[section].get(key) != value:
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+                text = text.removesuffix("...").strip()
+                overrides.append(shlex.quote(f"{section}.{key}={text}"))
+    return " ".join(["xpool", "train", shlex.quote(cfg.profile), *overrides, "--resume"])
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handler that asks the training loop to stop at the next step boundary
+    (where it saves `last.pt`); a second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum is not None:
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
+            self.signum = signum
+            print(f"\n[xpool] {signal.Signals(signum).name}: saving a checkpoint after this "
+                  f"step (send it again to stop at once)", file=sys.stderr, flush=True)
+
+        for s in self.SIGNALS:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether any process has `flag` set, so every rank stops at the same step (under DDP a
+    signal can reach the ranks at different steps)."""
+    if not info.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving `last.pt`; the message holds the command
+    that resumes it."""
+
+
 def train(cfg: Config, resume: bool = False, fresh: bool = False,
           progress: bool = True) -> RunRecord:
     """Train (or return the finished record of) the run described by `cfg`.
 
     resume: continue from the run's last checkpoint if there is one. fresh: ignore any previous
     record and start over. Without either, an unfinished run with a checkpoint is an error, so
-    nothing is overwritten by accident.
+    nothing is overwritten by accident. The run folder is locked while training: a second
+    process on the same run gets `RunLockedError` naming the PID that holds it.
     """
     record = RunRecord.for_config(cfg)
     if record.finished and not fresh:
         if progress:
             print(f"[xpool] cached run {record.run_dir} (pass fresh=True / --fresh to retrain)")
         return record
-    if record.last_checkpoint.is_file() and not (resume or fresh):
-        raise XPoolError(
-            f"run {record.run_dir} has an unfinished checkpoint; pass --resume to continue it or "
-            f"--fresh to start over"
-        )
     device = pick_device()
     info = init_distributed(device)
+    lock = RunLock(record)
     try:
+        if info.is_main:
+            lock.acquire()
+            # Checked under the lock: another process may have finished or checkpointed it.
+            if record.finished and not fresh:
+                return record
+            if record.last_checkpoint.is_file() and not (resume or fresh):
+                raise XPoolError(
+                    f"run {record.run_dir} has an unfinished checkpoint; continue it with "
+                    f"`{resume_command(cfg)}`, or pass --fresh to start over"
+                )
+            removed = record.remove_stale_temp_files()
+            if removed and progress:
+                print(f"[xpool] removed {len(removed)} temporary files left by an interrupted "
+                      f"write in {record.run_dir}")
+        barrier(info)
         return _train(cfg, record, device, info, resume and not fresh, progress)
     finally:
+        lock.release()
         cleanup_distributed()
 
 
@@ -360,6 +463,9 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
     eval_split = "val" if tc.selection == "val" else "test"
     if info.is_main:
         ensure_data(cfg, progress)
+        from xpool.preflight import preflight
+
+        preflight(cfg, sorted({eval_split, "test"}), progress=progress)
     barrier(info)
     if cfg.model.frozen:
         from xpool.features import extract_features
@@ -398,10 +504,11 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
             objective, device_ids=[device.index] if device.type == "cuda" else None)
 
     state: dict[str, Any] = {"step": 0, "evals": [], "best_score": -1.0, "best_step": None,
-                             "skipped": 0, "skipped_ids": []}
+                             "skipped": 0, "skipped_ids": [], "elapsed_s": 0.0}
     log = CsvLog(record.log_path, LOG_FIELDS)
     if resume and record.last_checkpoint.is_file():
-        ckpt = torch.load(record.last_checkpoint, map_location="cpu", weights_only=False)
+        ckpt = torch_load(record.last_checkpoint, "checkpoint",
+                          f"delete it and rerun with --fresh to start {record.run_dir.name} over")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -415,58 +522,85 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
         if progress and info.is_main:
             print(f"[xpool] resuming {record.run_dir} at step {state['step']}/{total_steps}")
     elif info.is_main:
+        # A fresh start: nothing of an earlier attempt may pass for this one's (a finished
+        # record, or a checkpoint that --resume would continue).
+        for old in (record.metrics_path, record.last_checkpoint, record.best_checkpoint):
+            old.unlink(missing_ok=True)
         record.start(cfg)
         log.reset()
         for p in record.evals_dir.glob("eval_*.json"):
             p.unlink()
     barrier(info)
+    # Seconds spent in earlier segments of a resumed run, so wall time adds up across resumes.
+    elapsed_before = float(state.get("elapsed_s", 0.0))
 
     eval_at = _eval_steps(steps_per_epoch, tc.evals_per_epoch, tc.eval_steps)
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {record.run_dir.name}",
                disable=not (progress and info.is_main), unit="step")
     model.train()
     t_last = time.time()
-    while state["step"] < total_steps:
-        epoch, in_epoch = divmod(state["step"], steps_per_epoch)
-        sampler.set_epoch(epoch, in_epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        for batch in loader:
-            step = state["step"] + 1
-            loss_value, n_items = _train_step(cfg, model, objective, batch, optimizer, device,
-                                              step, epoch)
-            scheduler.step()
-            skipped = list(batch.get("skipped", []))
-            state["skipped"] += len(skipped)
-            state["skipped_ids"].extend(skipped)
-            state["step"] = step
-            now = time.time()
-            if info.is_main:
-                lrs = scheduler.get_last_lr()
-                log.append({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}",
-                            "lr_clip": lrs[0], "lr_new": lrs[-1],
-                            "logit_scale": f"{model.logit_scale_value().item():.4f}",
-                            "batch": n_items, "skipped": len(skipped),
-                            "seconds": f"{now - t_last:.4f}"})
-                bar.set_postfix(loss=f"{loss_value:.3f}", vid_s=f"{n_items / max(now - t_last, 1e-9):.1f}")
-                bar.update(1)
-            t_last = now
-            step_in_epoch = step - epoch * steps_per_epoch
-            if step_in_epoch in eval_at or step == total_steps:
+    stop = _StopRequest()
+    with stop.installed():
+        while state["step"] < total_steps:
+            epoch, in_epoch = divmod(state["step"], steps_per_epoch)
+            sampler.set_epoch(epoch, in_epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            for batch in loader:
+                step = state["step"] + 1
+                loss_value, n_items = _train_step(cfg, model, objective, batch, optimizer, device,
+                                                  step, epoch)
+                scheduler.step()
+                skipped = list(batch.get("skipped", []))
+                state["skipped"] += len(skipped)
+                state["skipped_ids"].extend(skipped)
+                state["step"] = step
+                now = time.time()
                 if info.is_main:
-                    _evaluate_and_select(cfg, model, record, state, device, eval_split, epoch,
-                                         progress)
+                    lrs = scheduler.get_last_lr()
+                    log.append({"step": step, "epoch": epoch, "loss": f"{loss_value:.6f}",
+                                "lr_clip": lrs[0], "lr_new": lrs[-1],
+                                "logit_scale": f"{model.logit_scale_value().item():.4f}",
+                                "batch": n_items, "skipped": len(skipped),
+                                "seconds": f"{now - t_last:.4f}"})
+                    bar.set_postfix(loss=f"{loss_value:.3f}", vid_s=f"{n_items / max(now - t_last, 1e-9):.1f}")
+                    bar.update(1)
+                t_last = now
+                step_in_epoch = step - epoch * steps_per_epoch
+                if step_in_epoch in eval_at or step == total_steps:
+                    if info.is_main:
+                        _evaluate_and_select(cfg, model, record, state, device, eval_split, epoch,
+                                             progress)
+                    barrier(info)
+                if info.is_main and (step % tc.checkpoint_every == 0 or step_in_epoch == steps_per_epoch
+                                     or step == total_steps):
+                    state["elapsed_s"] = elapsed_before + time.time() - t_start
+                    _save_checkpoint(record.last_checkpoint, model, optimizer, scheduler, state, cfg)
+                    saved = True
+                else:
+                    saved = False
                 barrier(info)
-            if info.is_main and (step % tc.checkpoint_every == 0 or step_in_epoch == steps_per_epoch
-                                 or step == total_steps):
-                _save_checkpoint(record.last_checkpoint, model, optimizer, scheduler, state, cfg)
-            barrier(info)
-            if step >= total_steps:
-                break
+                if step >= total_steps:
+                    break
+                if _any_rank(stop.signum is not None, info, device):
+                    if info.is_main and not saved:
+                        state["elapsed_s"] = elapsed_before + time.time() - t_start
+                        _save_checkpoint(record.last_checkpoint, model, optimizer, scheduler, state,
+                                         cfg)
+                    barrier(info)
+                    bar.close()
+                    name = (signal.Signals(stop.signum).name if stop.signum
+                            else "a stop on another rank")
+                    message = (f"{name} at step {step}/{total_steps}: "
+                               f"saved {record.last_checkpoint}; resume with `{resume_command(cfg)}`")
+                    if info.is_main:
+                        print(f"[xpool] {message}", file=sys.stderr, flush=True)
+                    raise TrainingInterrupted(message)
     bar.close()
 
     if info.is_main:
-        _finish(cfg, model, record, state, device, time.time() - t_start, progress)
+        _finish(cfg, model, record, state, device, elapsed_before + time.time() - t_start,
+                progress)
     barrier(info)
     return record
 
@@ -578,7 +712,7 @@ def _finish(cfg: Config, model: RetrievalModel, record: RunRecord, state: dict[s
     if state["best_step"] is None:
         raise TrainingError(f"run {record.run_dir} finished without an evaluation")
     if cfg.train.selection == "val":
-        load_model_state(model, record.best_checkpoint)
+        load_model_state(model, record.best_checkpoint, cfg)
         emb = build_eval_embeddings(cfg, model, "test", device, progress=False)
         result = score(model.pooling, emb, cfg.eval, device)
         _save_outputs(record, model, emb, result)

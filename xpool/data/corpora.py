@@ -37,6 +37,8 @@ __all__ = [
     "load_msvd",
     "load_lsmdc",
     "load_corpus",
+    "validate_captions",
+    "check_split_overlap",
     "lsmdc_movie",
     "CORPORA",
     "LSMDC_ACCESS",
@@ -191,7 +193,8 @@ def _check_missing(
     what = f"{len(absent)} of {len(videos)} {name}/{split} videos are missing under {vdir}: {_first(absent)}"
     if missing == "error":
         raise CorpusError(
-            f"{what}. Pass missing='drop' to drop them and their captions, or fetch them "
+            f"{what}. Set data.missing=drop (missing='drop' in load_corpus) to drop them and "
+            f"their captions, or fetch them "
             f"({_download_hint(name, root)})."
         )
     gone = set(absent)
@@ -205,18 +208,38 @@ def _check_missing(
     return videos, kept
 
 
+def _annotation_text(path: Path) -> str:
+    """An annotation file's text; not UTF-8 or unreadable is a CorpusError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); annotation files are read as "
+            f"UTF-8: convert it (e.g. `iconv -f latin1 -t utf-8 {path.name}`) or fetch it again"
+        ) from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read it ({e.strerror or e}); check its permissions "
+                          f"or fetch it again") from None
+
+
+def _annotation_json(path: Path) -> Any:
+    try:
+        return json.loads(_annotation_text(path))
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                          f"the file is truncated or corrupt: fetch it again") from None
+
+
 def _read_id_csv(path: Path) -> list[str]:
     """A one-column csv with header ``video_id``."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "video_id" not in reader.fieldnames:
-            raise CorpusError(f"{path}: expected a csv with a 'video_id' column, got {reader.fieldnames}")
-        return [row["video_id"].strip() for row in reader if row["video_id"].strip()]
+    reader = csv.DictReader(_annotation_text(path).splitlines())
+    if reader.fieldnames is None or "video_id" not in reader.fieldnames:
+        raise CorpusError(f"{path}: expected a csv with a 'video_id' column, got {reader.fieldnames}")
+    return [row["video_id"].strip() for row in reader if (row["video_id"] or "").strip()]
 
 
 def _read_lines(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in _annotation_text(path).splitlines() if line.strip()]
 
 
 def load_msrvtt(
@@ -243,9 +266,8 @@ def load_msrvtt(
             raise CorpusError(f"{name}: train_list must be '9k', '7k' or a csv file name, got {train_list!r}")
         ids = _read_id_csv(_require_file(root / list_name, name, hint))
         data_path = _require_file(root / MSRVTT_FILES["data"], name, hint)
-        with data_path.open(encoding="utf-8") as f:
-            data = json.load(f)
-        if "sentences" not in data:
+        data = _annotation_json(data_path)
+        if not isinstance(data, dict) or "sentences" not in data:
             raise CorpusError(f"{data_path}: no 'sentences' list (is this MSR-VTT's MSRVTT_data.json?)")
         wanted = set(ids)
         captions = []
@@ -266,15 +288,17 @@ def load_msrvtt(
         path = _require_file(root / MSRVTT_FILES[split], name, hint)
         captions = []
         ids = []
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            need = {"key", "video_id", "sentence"}
-            if reader.fieldnames is None or not need.issubset(reader.fieldnames):
-                raise CorpusError(f"{path}: expected columns key, vid_key, video_id, sentence; got {reader.fieldnames}")
-            for row in reader:
-                vid = row["video_id"].strip()
-                captions.append(Caption(video_id=vid, text=row["sentence"], caption_id=row["key"]))
-                ids.append(vid)
+        reader = csv.DictReader(_annotation_text(path).splitlines())
+        need = {"key", "video_id", "sentence"}
+        if reader.fieldnames is None or not need.issubset(reader.fieldnames):
+            raise CorpusError(f"{path}: expected columns key, vid_key, video_id, sentence; got {reader.fieldnames}")
+        for line_no, row in enumerate(reader, start=2):
+            if any(row.get(k) is None for k in need):
+                raise CorpusError(f"{path}:{line_no}: the row has fewer fields than the header "
+                                  f"(truncated or corrupt file): fetch it again")
+            vid = row["video_id"].strip()
+            captions.append(Caption(video_id=vid, text=row["sentence"], caption_id=row["key"]))
+            ids.append(vid)
     else:
         raise CorpusError(f"{name}: unknown split {split!r}; expected 'train', 'test' or 'val'")
     videos = {vid: root / videos_dir / f"{vid}.mp4" for vid in dict.fromkeys(ids)}
@@ -292,8 +316,9 @@ def load_msvd(
     hint = _download_hint("msvd", root)
     clips = _read_lines(_require_file(root / MSVD_FILES[split], "msvd", hint))
     cap_path = _require_file(root / MSVD_FILES["captions"], "msvd", hint)
-    with cap_path.open(encoding="utf-8") as f:
-        all_captions: dict[str, list[str]] = json.load(f)
+    all_captions: dict[str, list[str]] = _annotation_json(cap_path)
+    if not isinstance(all_captions, dict):
+        raise CorpusError(f"{cap_path}: expected a mapping of clip id -> captions")
     without = [c for c in clips if not all_captions.get(c)]
     if without:
         raise CorpusError(f"{cap_path}: {len(without)} clips of {split}_list.txt have no caption: {_first(without)}")
@@ -384,9 +409,71 @@ CORPORA = {
 }
 
 
+def _annotation_source(key: str, root: Path, split: str, kw: dict[str, Any]) -> Path:
+    """The file a split's captions come from (for error messages)."""
+    if key in ("msrvtt", "synthetic"):
+        if split == "train":
+            return root / MSRVTT_FILES["data"]
+        return root / MSRVTT_FILES.get(split, split)
+    if key == "msvd":
+        return root / (MSVD_FILES["captions"] if split == "train" else MSVD_FILES.get(split, split))
+    return root / LSMDC_FILES.get(split, split)
+
+
+def validate_captions(corpus: Corpus, source: Path) -> None:
+    """Empty captions (any split) and duplicated rows (test/val) are errors, listed all at once.
+
+    A duplicated row is a caption id seen twice, or, except in MSVD (whose crowd-sourced captions
+    repeat within a clip), the same caption of the same video twice: either would count one
+    query twice in the metrics.
+    """
+    empty = [f"{c.video_id} ({c.caption_id})" for c in corpus.captions if not c.text.strip()]
+    if empty:
+        raise CorpusError(
+            f"{source}: {len(empty)} empty captions in {corpus.name}/{corpus.split}: "
+            f"{_first(empty)}; an empty query changes the metrics silently: fix or remove them")
+    if corpus.split == "train":
+        return
+    seen_ids: set[str] = set()
+    seen_pairs: set[tuple[str, str]] = set()
+    dups: list[str] = []
+    for c in corpus.captions:
+        pair = (c.video_id, c.text.strip())
+        if c.caption_id in seen_ids or (corpus.name != "msvd" and pair in seen_pairs):
+            dups.append(f"{c.video_id} ({c.caption_id})")
+        seen_ids.add(c.caption_id)
+        seen_pairs.add(pair)
+    if dups:
+        raise CorpusError(
+            f"{source}: {len(dups)} duplicated rows in {corpus.name}/{corpus.split}: "
+            f"{_first(dups)}; each would count twice in the metrics: remove the duplicates")
+
+
+def check_split_overlap(train: Corpus, test: Corpus, allow: bool = False) -> list[str]:
+    """Videos listed in both splits (a train/test leak): an error unless `allow`; returns them."""
+    both = sorted(set(train.videos) & set(test.videos))
+    if both and not allow:
+        raise CorpusError(
+            f"{len(both)} {test.name} videos are in both the {train.split} and the {test.split} "
+            f"split: {_first(both, 20)}. Test results on videos seen in training measure "
+            f"memorisation: fix the split files, or set data.allow_overlap=true to allow it")
+    if both:
+        warnings.warn(f"{len(both)} videos in both {train.split} and {test.split} "
+                      f"(data.allow_overlap=true): {_first(both)}", stacklevel=2)
+    return both
+
+
 def load_corpus(name: str, root: str | Path, split: str, **kw: Any) -> Corpus:
-    """Dispatch to the reader of ``name`` (``msrvtt``, ``msvd``, ``lsmdc`` or ``synthetic``)."""
+    """Dispatch to the reader of ``name`` (``msrvtt``, ``msvd``, ``lsmdc`` or ``synthetic``),
+    then validate its captions (see `validate_captions`)."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in CORPORA:
         raise CorpusError(f"unknown corpus {name!r}; expected one of {sorted(CORPORA)}")
-    return CORPORA[key](root, split, **kw)
+    source = _annotation_source(key, Path(root), split, kw)
+    try:
+        corpus = CORPORA[key](root, split, **kw)
+    except UnicodeDecodeError as e:  # a reader that opens its files itself (LSMDC)
+        raise CorpusError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to "
+                          f"UTF-8 or fetch it again") from None
+    validate_captions(corpus, source)
+    return corpus

@@ -24,6 +24,7 @@ import http.client
 import os
 import re
 import shutil
+import stat
 import tarfile
 import time
 import urllib.error
@@ -228,16 +229,50 @@ def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
         tmp.unlink(missing_ok=True)
 
 
+def _unsafe_member(archive: Path, name: str, why: str) -> DownloadError:
+    return DownloadError(
+        f"{archive}: refusing to unpack it: member {name!r} {why}. A well-formed corpus archive "
+        f"has none; delete {archive} and fetch it again from a trusted source (--url)")
+
+
+def _check_member_name(archive: Path, name: str) -> None:
+    """Absolute paths and `..` components could write outside the corpus root."""
+    pure = name.replace("\\", "/")
+    if pure.startswith("/") or re.match(r"^[A-Za-z]:", pure):
+        raise _unsafe_member(archive, name, "has an absolute path")
+    if ".." in pure.split("/"):
+        raise _unsafe_member(archive, name, "has a '..' component (path traversal)")
+
+
 def _members(archive: Path, kind: str) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-    """(member name, opener) for each regular file of a zip or tar archive."""
+    """(member name, opener) for each regular file of a zip or tar archive.
+
+    Every member is checked first: an absolute or `..` path, a symbolic or hard link, or a device
+    node makes the whole archive an error (never flattened into place).
+    """
     if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            for info in infos:
+                _check_member_name(archive, info.filename)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise _unsafe_member(archive, info.filename, "is a symbolic link")
+            for info in infos:
                 if not info.is_dir():
                     yield info.filename, lambda info=info: zf.open(info)
     else:
         with tarfile.open(archive, "r:*") as tf:
-            for member in tf:
+            members = tf.getmembers()
+            for member in members:
+                _check_member_name(archive, member.name)
+                if member.issym() or member.islnk():
+                    raise _unsafe_member(archive, member.name,
+                                         f"is a link (to {member.linkname!r})")
+                if not (member.isfile() or member.isdir()):
+                    raise _unsafe_member(archive, member.name, "is a device, FIFO or other "
+                                         "special file")
+            for member in members:
                 if member.isfile():
                     yield member.name, lambda member=member: tf.extractfile(member)
 
@@ -378,7 +413,14 @@ def download_corpus(
             with _damaged_archive_is_refetched(archive, source.kind):
                 _unpack_annotations(source, archive, root, sums)
             have_from_zip.update(f for f in source.files + source.optional if (root / f).is_file())
-            say(f"{source.key}: {', '.join(source.files)} verified")
+            checked = [f for f in source.files if f in sums]
+            unchecked = [f for f in source.files if f not in sums]
+            parts = []
+            if checked:
+                parts.append(f"{', '.join(checked)} verified (sha256)")
+            if unchecked:
+                parts.append(f"{', '.join(unchecked)} unpacked, not verified (no known checksum)")
+            say(f"{source.key}: {'; '.join(parts)}")
         else:
             marker = root / "videos" / f".complete-{source.filename}"
             if marker.is_file():
