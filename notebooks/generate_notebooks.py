@@ -223,7 +223,7 @@ def protocol_notebook():
             "The same notebook runs unchanged under `paper-*` and `frozen-*` profiles (there "
             "the runs with the profile's own evaluation schedule are shared with notebooks 01 "
             "and 05)."),
-        _params(MODE_DOC + "\nseeds = [0, 1, 2, 3, 4]   # training seeds (>= 5 for the embedded "
+        _params(MODE_DOC + "\nseeds = [0, 1, 2, 3, 4]   # training seeds (at least 5 in the embedded "
                 "study)\n"
                 "window = 5             # rule (b): evaluations averaged (the authors' "
                 "eval_window_size)\n"

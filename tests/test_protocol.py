@@ -257,3 +257,19 @@ def test_study_agrees_with_the_training_loops_own_selection(smoke_dir):
     again = xp.protocol_study(ro, [0], poolings=("mean", "xpool"), window=3, evals_per_epoch=3,
                               val_videos=4, n_boot=200, write=False)
     pd.testing.assert_frame_equal(again.runs, res.runs)
+
+
+def test_notebook_declares_every_parameter_reproduce_passes():
+    """papermill drops a parameter whose line it cannot parse (silently running the default)."""
+    from pathlib import Path
+
+    import papermill as pm
+
+    from xpool import reproduce as rp
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "10_protocol.ipynb"
+    declared = set(pm.inspect_notebook(str(nb)))
+    assert {"profile", "output_dir", "mode", "seeds", "window", "evals_per_epoch", "val_videos",
+            "n_boot"} <= declared
+    for profile in ("smoke", "paper-msrvtt9k", "frozen-msvd", "embedded-finetune-protocol"):
+        assert set(rp.notebook_parameters(profile, "10_protocol")) <= declared, profile
