@@ -90,8 +90,16 @@ def test_every_notebook_executes_under_smoke(tmp_path):
         assert {"R1_mean", "R1_std", "DSL_R1_mean", "seeds", "selection"} <= set(t.columns)
         assert "NOT comparable" in (tables / f"results_{key}.md").read_text()
     assert pd.read_csv(tables / "results_msrvtt9k.csv")["n_seeds"].eq(2).all()
+    assert "checkpoint: best single test evaluation" in (tables / "results_lsmdc.md").read_text()
+    proto = pd.read_csv(tables / "protocol.csv")
+    assert set(proto["rule"]) == {"test_best", "test_window", "val", "last"}
+    assert set(proto["pooling"]) == {"mean", "self_attention", "topk", "attention", "xpool"}
+    assert (proto["evaluations"] == 6).all()  # smoke: 3 frozen epochs x 2 evaluations
+    _check_metrics(proto.assign(R10=100.0, MdR=1.0, MnR=1.0), max_rank=12 * 2)
+    paired = pd.read_csv(tables / "protocol_paired.csv")
+    assert set(paired["rule"]) == {"test_best", "test_window", "last"}
     for fig in ("attention_weights", "top5_retrieval", "training_curves", "pooling_ablation",
-                "subregion_r1_vs_k"):
+                "subregion_r1_vs_k", "protocol"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     record = json.loads((out / "reproduce_record.json").read_text())
     assert record["latest"]["kind"] == "first" and record["latest"]["runs_after"] > 0
@@ -170,10 +178,16 @@ def test_notebook_selection_per_profile():
     from xpool.config import load_config
 
     # The authors' checkpoints notebook: real-data profiles, and smoke (a random converted model).
-    assert rp.notebooks_for(load_config("embedded")) == list(rp.NOTEBOOKS[:-1])
+    assert rp.notebooks_for(load_config("embedded")) == [
+        n for n in rp.NOTEBOOKS if n != "09_authors_checkpoints"]
     assert rp.notebooks_for(load_config("smoke")) == list(rp.NOTEBOOKS)
     assert rp.notebooks_for(load_config("paper-msvd")) == [
-        "03_msvd", "05_pooling_ablation", "07_figures", "08_explore", "09_authors_checkpoints"]
+        "03_msvd", "05_pooling_ablation", "07_figures", "08_explore", "09_authors_checkpoints",
+        "10_protocol"]
+    assert rp.notebook_parameters("paper-msvd", "10_protocol")["evals_per_epoch"] is None
+    assert rp.notebooks_for(load_config("embedded-finetune-protocol")) == ["10_protocol"]
+    assert rp.notebook_parameters("embedded-finetune-protocol", "10_protocol") == {
+        "mode": None, "seeds": [0, 1, 2]}
     assert rp.notebook_parameters("frozen-msrvtt9k", "01_msrvtt_9k")["mode"] is None
     assert rp.notebook_parameters("embedded", "05_pooling_ablation") == {}
     # The fine-tuned variant of the embedded study: the pooling ablation only, one seed.

@@ -41,6 +41,7 @@ NOTEBOOKS = (
     "07_figures",
     "08_explore",
     "09_authors_checkpoints",
+    "10_protocol",
 )
 # The authors' released checkpoints exist for the real corpora; the smoke profile runs the
 # notebook on a random model converted to their format (a plumbing check), other synthetic
@@ -64,18 +65,27 @@ PROFILE_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "01_msrvtt_9k": {"seeds": [0, 1]},
         "05_pooling_ablation": {"n_boot": 200, "frames": [2], "heads": [2]},
         "06_subregion_study": {"ks": [1, 2], "n_boot": 200},
+        "10_protocol": {"evals_per_epoch": 2, "val_videos": 4, "n_boot": 200},
     },
+    # The protocol study on real corpora evaluates as the profile says (so its test-selected
+    # runs are those of notebooks 01 and 05) and holds out 1,000 MSR-VTT training videos for
+    # rule (c); MSVD and LSMDC have their own validation split.
     "paper": {"*": {"mode": None, "seeds": [24]},
-              "05_pooling_ablation": {"frames": [6], "heads": [8]}},
+              "05_pooling_ablation": {"frames": [6], "heads": [8]},
+              "10_protocol": {"evals_per_epoch": None, "val_videos": 1000}},
     "frozen": {"*": {"mode": None, "seeds": [24, 25, 26]},
-               "05_pooling_ablation": {"frames": [6], "heads": [8]}},
+               "05_pooling_ablation": {"frames": [6], "heads": [8]},
+               "10_protocol": {"evals_per_epoch": None, "val_videos": 1000}},
     # Fine-tuning costs ~3.3 min a run here: one seed, no head or frame-count variants.
     "embedded-finetune": {"*": {"mode": None, "seeds": [0]},
                           "05_pooling_ablation": {"frames": [], "heads": []}},
+    # The protocol study with the tiny CLIP fine-tuned: 3 seeds (see its profile for the time).
+    "embedded-finetune-protocol": {"*": {"mode": None, "seeds": [0, 1, 2]}},
 }
 # Profiles that run a subset of the notebooks `notebooks_for` would choose.
 PROFILE_NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "embedded-finetune": ("05_pooling_ablation", "07_figures", "08_explore"),
+    "embedded-finetune-protocol": ("10_protocol",),
 }
 
 
@@ -93,7 +103,7 @@ def notebooks_for(cfg: Config) -> list[str]:
     if key not in DATASET_NOTEBOOK:
         raise ConfigError(f"no notebook for corpus {cfg.data.corpus!r} ({key})")
     return [DATASET_NOTEBOOK[key], "05_pooling_ablation", "07_figures", "08_explore",
-            AUTHORS_NOTEBOOK]
+            AUTHORS_NOTEBOOK, "10_protocol"]
 
 
 def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:

@@ -505,8 +505,9 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
         runs["selection"] = "held-out set (evaluated there)"
     table = reporting.results_table(runs, dataset if real else None)
     mode = study.effective_mode
+    selection = _selection_phrase(results, source)
     if real:
-        title = f"{reporting.DATASETS[dataset]}: text-video retrieval ({mode})"
+        title = f"{reporting.DATASETS[dataset]}: text-video retrieval ({mode}; {selection})"
         notes = [
             f"Mean ± std over seeds {', '.join(map(str, seeds))}; selection: "
             f"{', '.join(sorted(runs['selection'].unique()))} (the checkpoint kept is the best on "
@@ -515,8 +516,8 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
             "compares against; each row names its source. '—': no published number.",
         ]
     else:
-        title = (f"Synthetic stand-in for {reporting.DATASETS[dataset]} ({mode}): NOT comparable "
-                 f"to the paper's numbers")
+        title = (f"Synthetic stand-in for {reporting.DATASETS[dataset]} ({mode}; {selection}): "
+                 f"NOT comparable to the paper's numbers")
         notes = [
             f"Synthetic benchmark (profile {study.profile}) with {desc}.",
             f"Mean ± std over seeds {', '.join(map(str, seeds))}; selection: "
@@ -540,6 +541,23 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
         reporting.write_table(runs, study.tables_dir, f"{name}_runs",
                               reporting.frame_markdown(runs, f"{title}: every run"))
     return DatasetResult(dataset, real, table, md, runs, protocol)
+
+
+def _selection_phrase(results: Sequence[RunResult], source: str) -> str:
+    """How the table's checkpoints were chosen, for its title (xpool.protocol, notebook 10)."""
+    from xpool.protocol import describe_selection
+
+    phrases = []
+    for r in results:
+        n = len(list(r.record.evals_dir.glob("eval_*.json")))
+        if source == "selected_eval":
+            phrase = (f"checkpoint: best of {n} evaluations on the held-out set the table reports, "
+                      f"as choosing on the test split")
+        else:
+            phrase = describe_selection(r.config, n)
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return "; ".join(phrases)
 
 
 def _msvd_heldout_note(results: Sequence[RunResult]) -> str:

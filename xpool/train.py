@@ -682,8 +682,9 @@ def _evaluate_and_select(cfg: Config, model: RetrievalModel, record: RunRecord,
     emb = build_eval_embeddings(cfg, model, split, device, progress=False)
     result = score(model.pooling, emb, cfg.eval, device)
     model.train()
-    entry = {"step": state["step"], "epoch": epoch, "split": split,
-             **{k: v for k, v in result.items() if k != "ranks"}}
+    # The per-query ranks stay with every evaluation: checkpoint-selection rules other than the
+    # run's own (xpool.protocol) are paired with other runs query by query.
+    entry = {"step": state["step"], "epoch": epoch, "split": split, **result}
     write_json(record.evals_dir / f"eval_{state['step']:07d}.json", entry)
     state["evals"].append({"step": state["step"], "R1": result["t2v"]["R1"]})
     window = [e["R1"] for e in state["evals"][-cfg.train.selection_window:]]
