@@ -24,6 +24,7 @@ from xpool.config import Config
 from xpool.errors import XPoolError
 from xpool.evaluate import EvalEmbeddings
 from xpool.io import torch_save
+from xpool.paths import resolve
 
 
 @dataclass
@@ -55,7 +56,7 @@ def features_dir(cfg: Config) -> Path:
         "pretrain": cfg.fingerprint(["pretrain"]) if cfg.model.pretrained == "synthetic" else None,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path("cache") / "features" / f"{cfg.data.corpus}-{digest}"
+    return resolve("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
 
 def feature_path(cfg: Config, split: str) -> Path:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from xpool.errors import XPoolError
 from xpool.io import atomic_write, atomic_write_text
+from xpool.paths import resolve
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 # Higher is better for recalls, lower for ranks: used to phrase differences and pick best rows.
@@ -256,7 +257,7 @@ def write_table(df: pd.DataFrame, tables_dir: str | Path, name: str, markdown: s
 
 def read_table(tables_dir: str | Path, name: str) -> pd.DataFrame:
     """Read a table written by `write_table`, with a clear error when it is absent."""
-    path = Path(tables_dir) / f"{name}.csv"
+    path = resolve(tables_dir) / f"{name}.csv"
     if not path.is_file():
         raise XPoolError(f"table {path} does not exist: run the notebook that writes it first "
                          f"(make reproduce)")

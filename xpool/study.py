@@ -31,6 +31,7 @@ from xpool import reporting
 from xpool.config import POOLINGS, Config, load_config
 from xpool.errors import ConfigError, CorpusError, XPoolError
 from xpool.io import read_json
+from xpool.paths import resolve
 from xpool.runs import RunRecord
 
 MODES = ("finetune", "frozen")
@@ -344,6 +345,12 @@ def _train_head(cfg: Config, fresh: bool) -> str:
         return str(train(cfg, resume=not fresh, fresh=fresh, progress=False).run_dir)
 
 
+def results_folder(profile: str, output_dir: str | Path | None = None) -> Path:
+    """A notebook's results folder: `output_dir` (relative: against the project root) or the
+    profile's `results/<profile>` under the project root."""
+    return resolve(output_dir) if output_dir else load_config(profile).profile_dir
+
+
 def open_study(profile: str, output_dir: str | Path | None = None, data_root: str | None = None,
                mode: str | None = None, figures_only: bool = False, fresh: bool = False,
                progress: bool = True, overrides: Mapping[str, Any] | None = None,
@@ -361,7 +368,7 @@ def open_study(profile: str, output_dir: str | Path | None = None, data_root: st
     if mode is not None and mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES} or None, got {mode!r}")
     cfg = load_config(profile, dict(overrides or {}))
-    out = Path(output_dir) if output_dir is not None else cfg.profile_dir
+    out = resolve(output_dir) if output_dir is not None else cfg.profile_dir
     if out.name != Path(cfg.profile).name:
         raise ConfigError(
             f"output_dir {out} must be a folder named after the profile ({cfg.profile!r}), e.g. "
@@ -760,7 +767,7 @@ def _subregion_markdown(summary: pd.DataFrame, study: Study, seeds: Sequence[int
 
 def results_from_table(output_dir: str | Path, table: str) -> list[RunResult]:
     """The finished runs a written table refers to (its `run_id` column), in table order."""
-    out = Path(output_dir)
+    out = resolve(output_dir)
     df = reporting.read_table(out / "tables", table)
     if "run_id" not in df.columns:
         raise XPoolError(f"table {table} has no run_id column")
@@ -1007,8 +1014,9 @@ class Explorer:
         if cfg.model.frozen:
             from xpool.pretrain import CHECKPOINT, cache_path
 
-            if cfg.model.pretrained == "synthetic" and not (cache_path(cfg) / CHECKPOINT).is_file():
-                return "the pretrained tiny CLIP is not in cache/ (run make reproduce)"
+            ckpt = cache_path(cfg) / CHECKPOINT
+            if cfg.model.pretrained == "synthetic" and not ckpt.is_file():
+                return f"the pretrained tiny CLIP is not at {ckpt} (run make reproduce)"
             return None
         if not self.out.result.record.best_checkpoint.is_file():
             return (f"the run's checkpoint {self.out.result.record.best_checkpoint} is not here "
@@ -1100,7 +1108,7 @@ def render_figures(output_dir: str | Path, data_root: str | None = None,
     top-5 retrieval and training curves from the pooling ablation's runs of one seed (default:
     the first), the ablation plot, and the sub-region plot when that study ran. Also writes
     `tables/attention_mass.*` for synthetic corpora. Returns name -> path."""
-    out = Path(output_dir)
+    out = resolve(output_dir)
     figs = out / "figures"
     paths: dict[str, Path] = {}
     abl = results_from_table(out, "pooling_ablation")
