@@ -36,8 +36,8 @@ reproduce:  ## run the study for PROFILE (default embedded) with papermill; FRES
 figures:  ## re-render tables and figures of PROFILE from saved runs (no training)
 	$(VENV)/bin/xpool reproduce $(PROFILE) --figures-only
 
-lab:  ## open JupyterLab on the notebooks with the xpool kernel
-	$(VENV)/bin/jupyter lab notebooks/
+lab:  ## open JupyterLab on the notebooks with the xpool kernel (LAB_OPTS: extra jupyter lab options)
+	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=required $(LAB_OPTS) notebooks/
 
 bench:  ## performance benchmarks (QUICK=1: under 2 minutes)
 	$(VENV)/bin/xpool bench $(if $(QUICK),--quick)

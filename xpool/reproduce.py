@@ -126,8 +126,12 @@ def _execute(src: str, dst: str, params: dict[str, Any], kernel: str,
             params = {k: v for k, v in params.items() if k in declared}
         except ValueError:
             pass  # no kernelspec in the notebook's metadata: papermill cannot inspect it
+        from xpool.kernel import EncryptedKernelManager
+
+        # Curve-encrypted kernel transport: no "running over TCP without encryption" warning.
         pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=cwd,
-                            progress_bar=False, log_output=False)
+                            progress_bar=False, log_output=False,
+                            kernel_manager_class=EncryptedKernelManager)
     except pm.PapermillExecutionError as e:
         return round(time.time() - t, 1), f"failed in {_cell_of(e)}"
     except Exception as e:  # no kernel, unreadable notebook: still name the notebook
