@@ -42,3 +42,13 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     """`path` against the project root when relative; unchanged when absolute."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else project_root() / p
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """`path` as printed in notebooks and logs: relative to the project root when inside it (so
+    executed notebooks read the same in every clone), else absolute."""
+    p = resolve(path)
+    try:
+        return str(p.relative_to(project_root()))
+    except ValueError:
+        return str(p)
