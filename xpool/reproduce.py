@@ -251,6 +251,9 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
     _write_record(out / "reproduce_record.json", entry)
     if status == 0:
         _summary(out, wall, runs_before, runs_after, log)
+        from xpool.report import build_report
+
+        build_report(out, log=log)  # results/<profile>/report/index.html
     return status
 
 

@@ -1097,11 +1097,15 @@ class Explorer:
                 f"{', '.join(repr(w) for w in unknown)}. Its vocabulary: {kinds}.")
 
     def show(self, text: str, k: int = 5) -> list[Any]:
-        """Figures for a query: the top-k frame strips and, for X-Pool, the attention over the
-        best video's frames (the ground truth's, for a test caption). A free-text query with
-        no word of the synthetic vocabulary raises XPoolError naming the vocabulary, instead of
-        a top-k that would look confident and mean nothing."""
-        figs = []
+        """The figures of `labelled_figures`, without their labels."""
+        return [fig for _, fig in self.labelled_figures(text, k)]
+
+    def labelled_figures(self, text: str, k: int = 5) -> list[tuple[str, Any]]:
+        """(label, figure) for a query: the top-k frame strips and, for X-Pool, the attention
+        over the best video's frames (the ground truth's, for a test caption). A free-text query
+        with no word of the synthetic vocabulary raises XPoolError naming the vocabulary,
+        instead of a top-k that would look confident and mean nothing."""
+        figs: list[tuple[str, Any]] = []
         text = text.strip()
         if not text:
             raise XPoolError("empty query: type a caption or pick a test caption")
@@ -1111,19 +1115,22 @@ class Explorer:
             raise XPoolError(f"no word of this query is known: {self.vocabulary_note(text)}")
         if text in self.out.emb.texts:
             q = self.out.emb.texts.index(text)
-            figs.append(top5_figure(self.out, query=q, k=k))
+            figs.append((f"top-{k} videos", top5_figure(self.out, query=q, k=k)))
             if self.out.config.model.pooling == "xpool":
-                figs.append(attention_figure(self.out, q))
+                vid = self.out.emb.video_ids[int(self.out.emb.video_of_text[q])]
+                figs.append((f"attention over the frames of {vid} (ground truth)",
+                             attention_figure(self.out, q)))
             return figs
         t = self.encode(text)
-        figs.append(top5_figure(self.out, text_embed=t, text=text, k=k))
+        figs.append((f"top-{k} videos", top5_figure(self.out, text_embed=t, text=text, k=k)))
         best = self.out.top_k(t, 1)[0]
         a = self.out.attention(t, best["index"])
         if a is not None:
             from xpool.reporting import plot_attention
 
-            figs.append(plot_attention(text, video_frames(self.out.config, best["video_id"]), a,
-                                       title=f"attention over the best match {best['video_id']}"))
+            figs.append((f"attention over the frames of the best match {best['video_id']}",
+                         plot_attention(text, video_frames(self.out.config, best["video_id"]), a,
+                                        title=f"attention over the best match {best['video_id']}")))
         return figs
 
 
@@ -1158,7 +1165,7 @@ def explorer_widget(explorer: Explorer, k: int = 5, query: str | None = None) ->
 
     import ipywidgets as w
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     captions = explorer.captions[:500]
     query = query or (captions[0] if captions else "")
@@ -1191,7 +1198,8 @@ def explorer_widget(explorer: Explorer, k: int = 5, query: str | None = None) ->
                 note = None if text in captions else explorer.vocabulary_note(text)
                 if note:
                     print(f"note: {note}")
-                for fig in explorer.show(text, k=k):
+                for label, fig in explorer.labelled_figures(text, k=k):
+                    display(HTML(f'<div class="xpool-figure-label">{html.escape(label)}</div>'))
                     display(fig)
                     plt.close(fig)
             except XPoolError as e:
