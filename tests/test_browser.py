@@ -111,12 +111,17 @@ def test_report_opens_offline_with_every_figure_and_the_main_table(smoke_root, t
         text = page.inner_text("body")
         assert "Reproduction check" in text and "Environment" in text
         assert "torch" in page.inner_text("table")  # the environment the runs recorded
-        main = page.inner_text("#main-table")
-        # The main table's numbers: every X-Pool and mean-pooling R@1 mean, as the table prints.
-        for pooling in ("xpool", "mean"):
+        rows = page.eval_on_selector_all(
+            "#main-table table tr", "trs => trs.map(r => [...r.cells].map(c => c.innerText))")
+        cells = {(r[0], r[1]): r for r in rows[1:]}
+        # The main table's numbers on the page: each pooling's R@1 and R@5 mean, per direction.
+        for pooling, label in (("xpool", "X-Pool"), ("mean", "mean"),
+                               ("self_attention", "self-attention")):
             for direction in ("t2v", "v2t"):
-                r1 = table[(table["pooling"] == pooling) & (table["direction"] == direction)]["R1"]
-                assert f"{r1.mean():.1f} ± " in main, (pooling, direction, main)
+                runs = table[(table["pooling"] == pooling) & (table["direction"] == direction)]
+                row = cells[(label, direction)]
+                assert row[2].startswith(f"{runs['R1'].mean():.1f}"), (pooling, direction, row)
+                assert row[3].startswith(f"{runs['R5'].mean():.1f}"), (pooling, direction, row)
         page.screenshot(path=str(tmp_path / "report_index.png"), full_page=True)
         figures = 0
         for name in ["index", "tables", *NOTEBOOKS]:

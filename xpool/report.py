@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -98,8 +99,12 @@ def notebook_html(path: Path) -> str:
     from nbconvert import HTMLExporter
 
     nb = _clean_notebook(nbformat.read(path, as_version=4))
+    # Its own logger at ERROR: nbconvert warns about figures without alt text, noise in the
+    # `make reproduce` log (matplotlib output has no alt text to give).
+    quiet = logging.getLogger("xpool.report.nbconvert")
+    quiet.setLevel(logging.ERROR)
     exporter = HTMLExporter(template_name="basic", exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+                            exclude_output_prompt=True, log=quiet)
     body, _ = exporter.from_notebook_node(nb)
     return body
 

@@ -1165,7 +1165,7 @@ def explorer_widget(explorer: Explorer, k: int = 5, query: str | None = None) ->
 
     import ipywidgets as w
     import matplotlib.pyplot as plt
-    from IPython.display import HTML, display
+    from IPython.display import HTML
 
     captions = explorer.captions[:500]
     query = query or (captions[0] if captions else "")
@@ -1192,18 +1192,20 @@ def explorer_widget(explorer: Explorer, k: int = 5, query: str | None = None) ->
         finally:
             syncing[0] = False
         showing.value = f"showing: <b>{html.escape(text)}</b>"
-        out.clear_output(wait=True)
-        with out:
-            try:
-                note = None if text in captions else explorer.vocabulary_note(text)
-                if note:
-                    print(f"note: {note}")
-                for label, fig in explorer.labelled_figures(text, k=k):
-                    display(HTML(f'<div class="xpool-figure-label">{html.escape(label)}</div>'))
-                    display(fig)
-                    plt.close(fig)
-            except XPoolError as e:
-                print(f"error: {e}")
+        # Outputs are set on the widget's state, not captured with `with out:`: capturing while
+        # the cell that builds the widget runs made headless (papermill) runs hang now and then.
+        out.outputs = ()
+        try:
+            note = None if text in captions else explorer.vocabulary_note(text)
+            if note:
+                out.append_stdout(f"note: {note}\n")
+            for label, fig in explorer.labelled_figures(text, k=k):
+                out.append_display_data(
+                    HTML(f'<div class="xpool-figure-label">{html.escape(label)}</div>'))
+                out.append_display_data(fig)
+                plt.close(fig)
+        except XPoolError as e:
+            out.append_stdout(f"error: {e}\n")
 
     def on_pick(change: dict[str, Any]) -> None:
         if not syncing[0] and change["new"] is not None:
