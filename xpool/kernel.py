@@ -5,9 +5,9 @@ kernel manager hands it Curve keys. The `xpool` kernelspec that `make setup` reg
 declares `supported_encryption: ["curve"]`; jupyter_client only provisions keys when its
 `transport_encryption` policy asks for it, and its default is "disabled". `EncryptedKernelManager`
 (given to papermill) and the Makefile's `lab` target (`--KernelManager.transport_encryption`)
-set it to "required", so the warning
-disappears because its cause does, and a kernel that cannot be encrypted fails to start with
-jupyter_client's message instead of running in plain text.
+set it to "required", so the warning disappears because its cause does, and a kernel that
+cannot be encrypted fails to start with jupyter_client's message instead of running in plain
+text.
 """
 
 from __future__ import annotations
