@@ -7,12 +7,12 @@ PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint reproduce figures lab bench clean lock
+.PHONY: help setup setup-browser test lint reproduce figures report lab bench clean lock
 
 help:  ## list the targets
 	@echo "xpool: X-Pool reproducibility study"
 	@echo
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: PROFILE=embedded (reproduce/figures), FRESH=1 (reproduce: recompute), QUICK=1 (bench)"
 
@@ -22,6 +22,15 @@ setup:  ## create .venv, install the package (editable, dev extras) from the loc
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,bench]"
 	$(PY) -m ipykernel install --sys-prefix --name xpool --display-name "Python (xpool)"
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
+
+# Debian's chromium for the real-browser tests (tests/test_browser.py). Playwright itself is in the
+# dev extra; it cannot download its own browser here, so the tests launch CHROMIUM instead.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+setup-browser:  ## install Debian's chromium (apt) and check that Playwright drives it headless
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium
+	XPOOL_CHROMIUM=$(CHROMIUM) $(PY) tests/test_browser.py
 
 test:  ## ruff + import contracts (lint-imports) + the whole test suite (unit, integration, notebooks)
 	$(VENV)/bin/ruff check .
@@ -37,8 +46,11 @@ reproduce:  ## run the study for PROFILE (default embedded) with papermill; FRES
 figures:  ## re-render tables and figures of PROFILE from saved runs (no training)
 	$(VENV)/bin/xpool reproduce $(PROFILE) --figures-only
 
-lab:  ## open JupyterLab on the notebooks with the xpool kernel
-	$(VENV)/bin/jupyter lab notebooks/
+report:  ## the static site results/PROFILE/report/index.html from the executed notebooks and tables (make reproduce builds it too)
+	$(PY) -m xpool.report $(PROFILE)
+
+lab:  ## open JupyterLab on the notebooks with the xpool kernel (LAB_OPTS: extra jupyter lab options)
+	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=required $(LAB_OPTS) notebooks/
 
 bench:  ## performance benchmarks (QUICK=1: under 2 minutes)
 	$(VENV)/bin/xpool bench $(if $(QUICK),--quick)

@@ -15,10 +15,15 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
-COMMON_PARAMS = '''\
-profile = "embedded"   # profile name or YAML path: embedded (default), smoke, paper-*, frozen-*
-output_dir = None      # the profile's results folder; None: results/<profile>
-data_root = None       # corpus root; None: the profile's (data/<corpus>, or the synthetic cache)
+# Relative paths (output_dir, data_root) are taken against the project root, wherever the kernel
+# starts (see xpool/paths.py). $XPOOL_PROFILE sets the default profile without editing a notebook.
+BASE_PARAMS = '''\
+import os
+
+profile = os.environ.get("XPOOL_PROFILE", "embedded")  # embedded, smoke, paper-*, frozen-*, a YAML
+output_dir = None      # the profile's results folder; None: results/<profile> in the project
+data_root = None       # corpus root; None: the profile's (data/<corpus>, or the synthetic cache)'''
+COMMON_PARAMS = BASE_PARAMS + '''
 figures_only = False   # True: never train, only read finished runs (what `make figures` does)
 fresh = False          # True: retrain runs even if a finished record exists'''
 
@@ -27,10 +32,11 @@ from IPython.display import Image, Markdown, display
 
 from xpool import reporting
 from xpool import study as xs
+from xpool.paths import shown
 
 st = xs.open_study(profile, output_dir, data_root=data_root, mode=mode,
                    figures_only=figures_only, fresh=fresh)
-print(f"profile {st.profile} ({st.effective_mode}), results in {st.output_dir}")'''
+print(f"profile {st.profile} ({st.effective_mode}), results in {shown(st.output_dir)}")'''
 
 MODE_DOC = ('mode = "frozen"        # "finetune", "frozen" (frozen backbone, cached features, '
             'only the head trains) or None (as the profile says)')
@@ -49,10 +55,16 @@ DATASETS = {
 }
 
 
-def _params(extra: str) -> nbformat.NotebookNode:
-    cell = new_code_cell(COMMON_PARAMS + "\n" + extra)
+def _params(extra: str, common: str = COMMON_PARAMS) -> nbformat.NotebookNode:
+    cell = new_code_cell(common + "\n" + extra)
     cell.metadata["tags"] = ["parameters"]
     return cell
+
+
+def _base_params(extra: str) -> nbformat.NotebookNode:
+    """Parameters of the read-only notebooks (07, 08): nothing to train, so no figures_only or
+    fresh."""
+    return _params(extra, BASE_PARAMS)
 
 
 def dataset_notebook(key: str, title: str, paper_profile: str, structure: str):
@@ -78,8 +90,8 @@ def dataset_notebook(key: str, title: str, paper_profile: str, structure: str):
         new_markdown_cell("Every run behind the table (one row per run and direction):"),
         new_code_cell('res.runs.round(2)'),
         new_markdown_cell("Where the files are:"),
-        new_code_cell(f'print(st.tables_dir / "results_{key}.csv")\n'
-                      f'print(st.tables_dir / "results_{key}.md")'),
+        new_code_cell(f'print(shown(st.tables_dir / "results_{key}.csv"))\n'
+                      f'print(shown(st.tables_dir / "results_{key}.md"))'),
     ])
 
 
@@ -109,7 +121,8 @@ def ablation_notebook():
         new_markdown_cell("## X-Pool ablations"),
         new_code_cell("xab = xs.xpool_ablations(st, seeds, frames=frames, heads=heads, "
                       "n_boot=n_boot)\ndisplay(Markdown(xab.markdown))"),
-        new_code_cell("abl.bootstrap.round(3)"),
+        new_markdown_cell("## The paired bootstrap in full"),
+        new_code_cell("display(Markdown(reporting.bootstrap_markdown(abl.bootstrap, n_boot)))"),
     ])
 
 
@@ -152,17 +165,15 @@ def figures_notebook():
             "and 06.\n\n"
             "The query is chosen by a fixed rule (`xpool.study.pick_query`): the first test "
             "caption that names only part of its video and whose video X-Pool ranks first."),
-        _params("seeds = None           # seed of the runs drawn (None: the first seed in the "
-                "tables)"),
-        new_code_cell("from pathlib import Path\n\n"
-                      "from IPython.display import Image, Markdown, display\n\n"
+        _base_params("seed = None            # seed of the runs drawn (None: the first seed in "
+                     "the tables)"),
+        new_code_cell("from IPython.display import Image, Markdown, display\n\n"
                       "from xpool import study as xs\n"
-                      "from xpool.config import load_config\n\n"
-                      "out = Path(output_dir) if output_dir else load_config(profile).profile_dir\n"
-                      "seed = seeds[0] if seeds else None\n"
+                      "from xpool.paths import shown\n\n"
+                      "out = xs.results_folder(profile, output_dir)\n"
                       "paths = xs.render_figures(out, data_root=data_root, seed=seed)"),
         new_code_cell("for name, path in paths.items():\n"
-                      "    display(Markdown(f'**{name}** (`{path}`)'))\n"
+                      "    display(Markdown(f'**{name}** (`{shown(path)}`)'))\n"
                       "    display(Image(filename=str(path)))"),
         new_code_cell("mass = out / 'tables' / 'attention_mass.md'\n"
                       "if mass.is_file():\n"
@@ -179,36 +190,36 @@ def explore_notebook():
             "(notebook 05) and its saved test embeddings, so it needs no training; typed free "
             "text also needs the run's text encoder (the local checkpoint, or in frozen mode the "
             "cached backbone).\n\n"
+            "Run all cells in JupyterLab for the interactive controls (type a query and press "
+            "Enter, or pick a test caption); headless runs (papermill) render the default query "
+            "as static figures. On the synthetic benchmark the tiny CLIP knows only the words of "
+            "its captions (shapes, colours, sizes, motions, backgrounds); a query outside them "
+            "says so instead of returning a meaningless top-5.\n\n"
             "With `index` set to a folder made by `xpool index DIR` it searches your own videos "
-            "instead: the top-5 frame strips and the best match's frame weights for `query`.\n\n"
-            "Run all cells in JupyterLab for the interactive controls; headless runs (papermill) "
-            "render the default query as static figures."),
-        _params("seeds = None           # seed of the run to explore (None: the first)\n"
-                "pooling = \"xpool\"      # which pooling strategy's run\n"
-                "query = None           # default query; None: the figures notebook's choice\n"
-                "index = None           # a folder made by `xpool index DIR`: search your own "
-                "videos"),
-        new_code_cell("from pathlib import Path\n\n"
-                      "import matplotlib.pyplot as plt\n"
+            "instead: the top-5 frame strips and the best match's frame weights for `query`."),
+        _base_params("seed = None            # seed of the run to explore (None: the first)\n"
+                     "pooling = \"xpool\"      # which pooling strategy's run\n"
+                     "query = None           # default query; None: the figures notebook's choice\n"
+                     "index = None           # a folder made by `xpool index DIR`: search your "
+                     "own videos"),
+        new_code_cell("import matplotlib.pyplot as plt\n"
                       "from IPython.display import display\n\n"
                       "from xpool import search as xsearch\n"
-                      "from xpool import study as xs\n"
-                      "from xpool.config import load_config\n\n"
+                      "from xpool import study as xs\n\n"
                       "if index:\n"
                       "    ex = xsearch.IndexExplorer(index)\n"
                       "    query = query or ex.default_query\n"
                       "    print(f'{len(ex.index.paths)} indexed videos in {index}; query: {query!r}')\n"
                       "else:\n"
-                      "    out = Path(output_dir) if output_dir else load_config(profile).profile_dir\n"
-                      "    ex = xs.explorer_for(out, pooling, seed=seeds[0] if seeds else None, "
-                      "data_root=data_root)\n"
+                      "    out = xs.results_folder(profile, output_dir)\n"
+                      "    ex = xs.explorer_for(out, pooling, seed=seed, data_root=data_root)\n"
                       "    query = query or ex.captions[xs.pick_query(ex.out)]\n"
                       "    print(f'{len(ex.captions)} test captions; query: {query!r}')"),
         new_code_cell("for fig in ex.show(query):\n"
                       "    display(fig)\n"
                       "    plt.close(fig)"),
         new_markdown_cell("## Interactive"),
-        new_code_cell("xsearch.index_widget(ex) if index else xs.explorer_widget(ex)"),
+        new_code_cell("xsearch.index_widget(ex) if index else xs.explorer_widget(ex, query=query)"),
     ])
 
 
@@ -227,8 +238,7 @@ def authors_notebook():
             "Without any checkpoint it stops with a message naming the missing files. Under the "
             "`smoke` profile it evaluates a random model converted to the authors' format "
             "instead (the table's title says so; its numbers mean nothing)."),
-        _params("seeds = None           # unused: the checkpoints are fixed models\n"
-                "checkpoints = {        # dataset -> the authors' model_best.pth\n"
+        _base_params("checkpoints = {        # dataset -> the authors' model_best.pth\n"
                 "    \"msrvtt9k\": \"checkpoints/msrvtt9k/model_best.pth\",\n"
                 "    \"msrvtt7k\": \"checkpoints/msrvtt7k/model_best.pth\",\n"
                 "    \"msvd\": \"checkpoints/msvd/model_best.pth\",\n"
@@ -302,6 +312,9 @@ def main() -> None:
         nb.metadata["kernelspec"] = {"name": "xpool", "display_name": "Python (xpool)",
                                      "language": "python"}
         nb.metadata["language_info"] = {"name": "python"}
+        # Stable cell ids (nbformat draws random ones), so regenerating changes no byte.
+        for i, cell in enumerate(nb.cells):
+            cell.id = f"cell-{i}"
         nbformat.validate(nb)
         nbformat.write(nb, HERE / f"{name}.ipynb")
         print(f"wrote notebooks/{name}.ipynb")

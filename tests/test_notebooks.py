@@ -43,8 +43,14 @@ def test_notebooks_are_thin_parameterized_and_clean():
         assert nb.metadata["kernelspec"]["name"] == "xpool"
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1, name
-        for key in ("profile", "output_dir", "seeds", "data_root"):
+        for key in ("profile", "output_dir", "data_root"):
             assert f"{key} =" in params[0].source, (name, key)
+        # Training notebooks take a list of seeds; the read-only 07/08 draw one run (`seed`)
+        # and declare no figures_only/fresh, which they could not honour.
+        read_only = name in ("07_figures", "08_explore")
+        assert ("seed =" if read_only else "seeds =") in params[0].source, name
+        for key in ("figures_only", "fresh"):
+            assert (f"{key} =" in params[0].source) is not read_only, (name, key)
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, name
@@ -289,3 +295,60 @@ def test_standins_keep_the_caption_structure():
         assert o["train.selection"] == "val" and 0 < o["data.val_videos"] <= 100
     assert xs.dataset_key(load_config("paper-msrvtt7k")) == "msrvtt7k"
     assert xs.dataset_key(base) is None
+
+
+def test_relative_paths_resolve_against_the_project_root_from_any_folder(tmp_path):
+    # Where JupyterLab starts a kernel (notebooks/) and an unrelated folder: the same places.
+    probe = ("from xpool.config import load_config; from xpool import paths, reporting\n"
+             "c = load_config('smoke')\n"
+             "print(paths.project_root()); print(c.profile_dir); print(c.data_root)\n"
+             "try:\n    reporting.read_table('results/smoke/nowhere', 'pooling_ablation')\n"
+             "except Exception as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "XPOOL_ROOT"}
+    env["PYTHONPATH"] = str(ROOT)
+    for cwd in (NB_DIR, tmp_path):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+        assert out[0] == str(ROOT), cwd
+        assert out[1] == str(ROOT / "results" / "smoke")
+        assert out[2].startswith(str(ROOT / "data" / "synthetic"))
+        # The error names the absolute path it looked in.
+        assert str(ROOT / "results" / "smoke" / "nowhere" / "pooling_ablation.csv") in out[3]
+    # XPOOL_ROOT moves the root; a wrong one is a clear error.
+    out = subprocess.run([sys.executable, "-c", probe], cwd=NB_DIR,
+                         env={**env, "XPOOL_ROOT": str(tmp_path)}, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == str(tmp_path.resolve()) and out[1] == str(tmp_path.resolve() / "results/smoke")
+    from xpool import paths
+    from xpool.errors import ConfigError
+
+    old = os.environ.get(paths.ROOT_ENV)
+    os.environ[paths.ROOT_ENV] = str(tmp_path / "missing")
+    try:
+        with pytest.raises(ConfigError, match="XPOOL_ROOT"):
+            paths.project_root()
+    finally:
+        if old is None:
+            del os.environ[paths.ROOT_ENV]
+        else:
+            os.environ[paths.ROOT_ENV] = old
+    assert paths.resolve("/abs/x") == Path("/abs/x")
+    assert paths.shown(paths.project_root() / "results" / "x") == "results/x"
+    assert paths.shown("/elsewhere/x") == "/elsewhere/x"
+
+
+@needs_kernel
+def test_kernels_start_without_the_transport_warning(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb.metadata["kernelspec"] = {"name": "xpool", "display_name": "Python (xpool)",
+                                 "language": "python"}
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    # The kernel writes its start-up log to the stderr it inherits: run in a child to read it.
+    code = (f"from xpool.reproduce import _execute; print(_execute({str(tmp_path / 'a.ipynb')!r}, "
+            f"{str(tmp_path / 'b.ipynb')!r}, {{}}, 'xpool', {str(tmp_path)!r}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 0 and "None)" in res.stdout, res.stderr
+    assert "without encryption" not in res.stderr and "WARNING" not in res.stderr, res.stderr
+    out = nbformat.read(tmp_path / "b.ipynb", as_version=4)
+    assert out.cells[-1].outputs[0]["text"] == "42\n"

@@ -25,13 +25,20 @@ def workdir(tmp_path_factory):
     from xpool.pretrain import ensure_pretrained
 
     wd = tmp_path_factory.mktemp("engine")
-    old = os.getcwd()
+    old = os.getcwd(), os.environ.get("XPOOL_ROOT")
     os.chdir(wd)
+    # Relative paths resolve against the project root (xpool.paths): make it this folder, which
+    # the CLI subprocesses below inherit too.
+    os.environ["XPOOL_ROOT"] = str(wd)
     cfg = load_config("smoke")
     ensure_corpus(cfg)
     ensure_pretrained(cfg, progress=False)
     yield wd
-    os.chdir(old)
+    os.chdir(old[0])
+    if old[1] is None:
+        os.environ.pop("XPOOL_ROOT", None)
+    else:
+        os.environ["XPOOL_ROOT"] = old[1]
 
 
 def smoke(**overrides):

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from xpool.errors import ConfigError
+from xpool.paths import resolve
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -205,17 +206,19 @@ class Config:
     @property
     def data_root(self) -> Path:
         """The corpus root: `data.root`, or by default `data/<corpus>`; a synthetic corpus
-        defaults to `data/synthetic/<hash of the synth section>` so every variant has its own."""
+        defaults to `data/synthetic/<hash of the synth section>` so every variant has its own.
+        Relative paths are taken against the project root (`xpool.paths`), not the current
+        directory, so a kernel started in `notebooks/` finds the same corpus."""
         if self.data.root is not None:
-            return Path(self.data.root)
+            return resolve(self.data.root)
         if self.data.corpus == "synthetic":
-            return Path("data") / "synthetic" / self.fingerprint(["synth"])
-        return Path("data") / self.data.corpus
+            return resolve(Path("data") / "synthetic" / self.fingerprint(["synth"]))
+        return resolve(Path("data") / self.data.corpus)
 
     @property
     def profile_dir(self) -> Path:
-        """`results/<profile>`: where this profile's tables, figures and runs live."""
-        return Path(self.output.results_dir) / self.profile
+        """`results/<profile>` under the project root: this profile's tables, figures and runs."""
+        return resolve(self.output.results_dir) / self.profile
 
 
 def _positive(v: Any) -> bool:

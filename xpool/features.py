@@ -24,6 +24,7 @@ from xpool.config import Config
 from xpool.errors import FileReadError, XPoolError
 from xpool.evaluate import EvalEmbeddings
 from xpool.io import torch_load, torch_save
+from xpool.paths import resolve
 
 
 @dataclass
@@ -61,7 +62,7 @@ def features_dir(cfg: Config) -> Path:
         if getattr(cfg.data, k) != getattr(defaults, k):
             key[k] = getattr(cfg.data, k)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path("cache") / "features" / f"{cfg.data.corpus}-{digest}"
+    return resolve("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
 
 def feature_path(cfg: Config, split: str) -> Path:

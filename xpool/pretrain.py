@@ -42,6 +42,7 @@ from xpool.data.synthetic import RENDERER_VERSION, SceneImageStream, held_out_sc
 from xpool.data.transforms import VideoTransform
 from xpool.errors import ConfigError, TrainingError
 from xpool.io import atomic_write, atomic_write_text, read_json, torch_save, write_json
+from xpool.paths import resolve
 
 __all__ = [
     "cache_key",
@@ -76,7 +77,7 @@ def cache_key(config: Config) -> str:
 
 def cache_path(config: Config) -> Path:
     """The cache directory of this configuration's pretrained tiny CLIP."""
-    return Path(config.pretrain.cache_dir) / cache_key(config)
+    return resolve(config.pretrain.cache_dir) / cache_key(config)
 
 
 def resolve_pretrained(config: Config) -> str | None:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from xpool.errors import XPoolError
 from xpool.io import atomic_write, atomic_write_text
+from xpool.paths import resolve
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 # Higher is better for recalls, lower for ranks: used to phrase differences and pick best rows.
@@ -256,7 +257,7 @@ def write_table(df: pd.DataFrame, tables_dir: str | Path, name: str, markdown: s
 
 def read_table(tables_dir: str | Path, name: str) -> pd.DataFrame:
     """Read a table written by `write_table`, with a clear error when it is absent."""
-    path = Path(tables_dir) / f"{name}.csv"
+    path = resolve(tables_dir) / f"{name}.csv"
     if not path.is_file():
         raise XPoolError(f"table {path} does not exist: run the notebook that writes it first "
                          f"(make reproduce)")
@@ -309,6 +310,30 @@ def paired_bootstrap(ranks_a: Any, ranks_b: Any, k: int = 1, n_boot: int = 10_00
     p = 2 * min((means <= 0).mean(), (means >= 0).mean()) if diff != 0 else 1.0
     return {"diff": 100 * diff, "lo": 100 * float(lo), "hi": 100 * float(hi),
             "p": float(min(1.0, p)), "n_queries": int(q)}
+
+
+def format_p(p: float, n_boot: int) -> str:
+    """A bootstrap p-value as a reader should see it: below its resolution (no resample on the
+    other side of 0; the smallest non-zero value is 2 / n_boot) it is "< 2/n_boot", not 0."""
+    floor = 2 / n_boot
+    return f"< {floor:.2g}" if p < floor else f"{p:.2g}"
+
+
+def bootstrap_markdown(boot: pd.DataFrame, n_boot: int, key: str = "pooling",
+                       baseline: str = "X-Pool", title: str | None = None) -> str:
+    """The paired-bootstrap table for readers: display names, ΔR@1 with its 95% interval, and
+    the p-value at its resolution (see `format_p`)."""
+    header = [key, "direction", f"ΔR@1 vs {baseline}", "95% CI", "p", "queries", "seeds"]
+    rows = []
+    for _, r in boot.iterrows():
+        label = POOLING_LABELS.get(r[key], r[key]) if key == "pooling" else r[key]
+        rows.append([label, r["direction"], f"{r['diff_R1']:+.1f}",
+                     f"[{r['lo']:+.1f}, {r['hi']:+.1f}]", format_p(float(r["p"]), n_boot),
+                     int(r["n_queries"]), r["seeds"]])
+    notes = [f"Paired bootstrap over test queries ({n_boot:,} resamples): row minus {baseline}, "
+             f"in R@1 points. p: two-sided share of resamples on the other side of 0; "
+             f"'< {2 / n_boot:.2g}' means none was."]
+    return _markdown(title or f"Paired bootstrap against {baseline}", header, rows, notes)
 
 
 def bootstrap_interval(ranks: Any, k: int = 1, n_boot: int = 2_000, seed: int = 0,

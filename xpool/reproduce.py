@@ -186,8 +186,12 @@ def _run_notebook(pm: Any, src: str, dst: str, params: dict[str, Any], kernel: s
             params = {k: v for k, v in params.items() if k in declared}
         except ValueError:
             pass  # no kernelspec in the notebook's metadata: papermill cannot inspect it
+        from xpool.kernel import EncryptedKernelManager
+
+        # Curve-encrypted kernel transport: no "running over TCP without encryption" warning.
         pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=cwd,
-                            progress_bar=False, log_output=False)
+                            progress_bar=False, log_output=False,
+                            kernel_manager_class=EncryptedKernelManager)
     except pm.PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt":
             return round(time.time() - t, 1), INTERRUPTED
@@ -316,6 +320,9 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
     _write_record(out / "reproduce_record.json", entry)
     if status == 0:
         _summary(out, wall, runs_before, runs_after, log)
+        from xpool.report import build_report
+
+        build_report(out, log=log)  # results/<profile>/report/index.html
     return status
 
 

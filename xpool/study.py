@@ -17,6 +17,7 @@ return DataFrames and write `tables/*.csv` + `*.md` under the study's output fol
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,14 @@ from xpool import reporting
 from xpool.config import POOLINGS, Config, load_config
 from xpool.errors import ConfigError, CorpusError, XPoolError
 from xpool.io import read_json, torch_load
+from xpool.paths import resolve
 from xpool.runs import RunRecord
 
+log = logging.getLogger(__name__)
+
 MODES = ("finetune", "frozen")
+# Heads with no trained parameter that changes a ranking when the backbone is frozen.
+PARAMETER_FREE = ("mean", "topk", "attention")
 # The three heads of the paper's main tables.
 PAPER_POOLINGS = ("xpool", "mean", "self_attention")
 RESULT_DIRECTIONS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
@@ -268,10 +274,12 @@ class Study:
         return record
 
     def _report(self, record: RunRecord, seconds: float) -> None:
+        # A log record, not a print: executed notebooks show results, not run ids (enable with
+        # logging.basicConfig(level="INFO")).
         if self.progress:
             m = record.metrics()
-            print(f"[study] {record.run_dir.name}: t2v R@1 {m['t2v']['R1']:.1f}, v2t R@1 "
-                  f"{m['v2t']['R1']:.1f} ({seconds:.1f} s)")
+            log.info("%s: t2v R@1 %.1f, v2t R@1 %.1f (%.1f s)", record.run_dir.name,
+                     m["t2v"]["R1"], m["v2t"]["R1"], seconds)
 
     def _prepare_frozen(self, cfg: Config) -> None:
         """Pretraining (synthetic) and cached features of every split a frozen run reads, with
@@ -286,8 +294,8 @@ class Study:
         eval_split = "val" if cfg.train.selection == "val" else "test"
         for split in sorted({"train", eval_split, "test"}):
             if not feature_path(cfg, split).is_file() and self.progress:
-                print(f"[study] extracting frozen features of the {split} split "
-                      f"({cfg.data_root}, {cfg.data.num_frames} frames)")
+                log.info("extracting frozen features of the %s split (%s, %d frames)", split,
+                         cfg.data_root, cfg.data.num_frames)
             extract_features(cfg, split, progress=False)
 
     def _train_heads_in_parallel(self, cfgs: Sequence[Config]) -> None:
@@ -318,8 +326,8 @@ class Study:
                 self._trained.add(record.run_dir)
                 self._report(record, record.metrics()["wall_time_s"])
         if self.progress:
-            print(f"[study] {len(todo)} runs trained {min(self.workers, len(todo))} at a time in "
-                  f"{time.time() - t:.1f} s")
+            log.info("%d runs trained %d at a time in %.1f s", len(todo),
+                     min(self.workers, len(todo)), time.time() - t)
 
     def grid(self, variants: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
              seeds: Sequence[int]) -> list[RunResult]:
@@ -344,6 +352,12 @@ def _train_head(cfg: Config, fresh: bool) -> str:
         return str(train(cfg, resume=not fresh, fresh=fresh, progress=False).run_dir)
 
 
+def results_folder(profile: str, output_dir: str | Path | None = None) -> Path:
+    """A notebook's results folder: `output_dir` (relative: against the project root) or the
+    profile's `results/<profile>` under the project root."""
+    return resolve(output_dir) if output_dir else load_config(profile).profile_dir
+
+
 def open_study(profile: str, output_dir: str | Path | None = None, data_root: str | None = None,
                mode: str | None = None, figures_only: bool = False, fresh: bool = False,
                progress: bool = True, overrides: Mapping[str, Any] | None = None,
@@ -361,7 +375,7 @@ def open_study(profile: str, output_dir: str | Path | None = None, data_root: st
     if mode is not None and mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES} or None, got {mode!r}")
     cfg = load_config(profile, dict(overrides or {}))
-    out = Path(output_dir) if output_dir is not None else cfg.profile_dir
+    out = resolve(output_dir) if output_dir is not None else cfg.profile_dir
     if out.name != Path(cfg.profile).name:
         raise ConfigError(
             f"output_dir {out} must be a folder named after the profile ({cfg.profile!r}), e.g. "
@@ -531,6 +545,7 @@ def dataset_study(study: Study, dataset: str, seeds: Sequence[int],
 
     # The v2t convention always; for real corpora also every deviation from the authors' recipe.
     notes += recipe_notes([r.config for r in results], real=real)
+    notes += frozen_spread_note(mode, poolings)
     md = reporting.results_markdown(table, title, notes)
     protocol = {"dataset": dataset, "real": real, "description": desc, "mode": mode,
                 "seeds": list(seeds), "poolings": list(poolings), "profile": study.profile,
@@ -619,11 +634,12 @@ def pooling_ablation(study: Study, seeds: Sequence[int], poolings: Sequence[str]
     boot = _bootstrap_both(results, "pooling", "xpool", n_boot)
     md = _ablation_markdown(
         summary, boot, "pooling",
-        f"Pooling ablation ({_dataset_title(study)}, {study.effective_mode})", seeds, n_boot)
+        f"Pooling ablation ({_dataset_title(study)}, {study.effective_mode})", seeds, n_boot,
+        mode=study.effective_mode)
     if write:
         reporting.write_table(runs, study.tables_dir, "pooling_ablation", md)
         reporting.write_table(boot, study.tables_dir, "pooling_bootstrap",
-                              reporting.frame_markdown(boot, "Paired bootstrap against X-Pool"))
+                              reporting.bootstrap_markdown(boot, n_boot))
     return AblationResult(runs, summary, boot, md, results)
 
 
@@ -648,8 +664,21 @@ def _bootstrap_both(results: Sequence[RunResult], key: str, baseline: str,
     return pd.concat(frames, ignore_index=True)
 
 
+def frozen_spread_note(mode: str, poolings: Sequence[str]) -> list[str]:
+    """The note that explains "± 0.0" where it appears: in frozen mode the parameter-free heads
+    (mean, top-k, parameter-free attention) have nothing a seed changes that moves a ranking."""
+    free = [reporting.POOLING_LABELS.get(p, p) for p in reporting.POOLING_ORDER
+            if p in PARAMETER_FREE and p in set(poolings)]
+    if mode != "frozen" or not free:
+        return []
+    return [f"Frozen mode: {', '.join(free)} pooling {'has' if len(free) == 1 else 'have'} no "
+            f"trained parameter that changes a ranking (only the logit scale learns, and it does "
+            f"not reorder the videos), so a seed cannot change their numbers: their ± 0.0 is "
+            f"exact, not a missing spread."]
+
+
 def _ablation_markdown(summary: pd.DataFrame, boot: pd.DataFrame, key: str, title: str,
-                       seeds: Sequence[int], n_boot: int) -> str:
+                       seeds: Sequence[int], n_boot: int, mode: str = "finetune") -> str:
     baseline = "X-Pool" if key == "pooling" else "default"
     header = [key, "direction", *reporting.METRICS, "seeds", "ΔR@1 vs " + baseline + " [95% CI]"]
     rows = []
@@ -671,6 +700,8 @@ def _ablation_markdown(summary: pd.DataFrame, boot: pd.DataFrame, key: str, titl
         f"({n_boot:,} resamples). An interval that excludes 0 is a difference the test set "
         "resolves.",
     ]
+    if key == "pooling":
+        notes += frozen_spread_note(mode, summary["pooling"].unique())
     return reporting._markdown(title, header, rows, notes)
 
 
@@ -782,7 +813,7 @@ def _subregion_markdown(summary: pd.DataFrame, study: Study, seeds: Sequence[int
 
 def results_from_table(output_dir: str | Path, table: str) -> list[RunResult]:
     """The finished runs a written table refers to (its `run_id` column), in table order."""
-    out = Path(output_dir)
+    out = resolve(output_dir)
     df = reporting.read_table(out / "tables", table)
     if "run_id" not in df.columns:
         raise XPoolError(f"table {table} has no run_id column")
@@ -1028,8 +1059,9 @@ class Explorer:
         if cfg.model.frozen:
             from xpool.pretrain import CHECKPOINT, cache_path
 
-            if cfg.model.pretrained == "synthetic" and not (cache_path(cfg) / CHECKPOINT).is_file():
-                return "the pretrained tiny CLIP is not in cache/ (run make reproduce)"
+            ckpt = cache_path(cfg) / CHECKPOINT
+            if cfg.model.pretrained == "synthetic" and not ckpt.is_file():
+                return f"the pretrained tiny CLIP is not at {ckpt} (run make reproduce)"
             return None
         if not self.out.result.record.best_checkpoint.is_file():
             return (f"the run's checkpoint {self.out.result.record.best_checkpoint} is not here "
@@ -1060,59 +1092,156 @@ class Explorer:
             tokens = self._model.backbone.tokenize([text])
             return self._model.encode_text(tokens)[0].float()
 
+    def vocabulary(self) -> dict[str, tuple[str, ...]] | None:
+        """The words the tiny CLIP learned, by kind (synthetic corpus only; else None)."""
+        if self.out.config.data.corpus != "synthetic":
+            return None
+        return synthetic_vocabulary()
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` outside the synthetic vocabulary (empty for real corpora)."""
+        if self.vocabulary() is None:
+            return []
+        known = {w for words in synthetic_vocabulary().values() for p in words
+                 for w in p.split()} | CAPTION_GLUE
+        return [w for w in _words(text) if w not in known]
+
+    def vocabulary_note(self, text: str) -> str | None:
+        """Why a free-text query may not mean what it says to this model, or None."""
+        unknown = self.unknown_words(text)
+        if not unknown:
+            return None
+        kinds = "; ".join(f"{kind}: {', '.join(words)}"
+                          for kind, words in synthetic_vocabulary().items())
+        return (f"the tiny CLIP of this study only learned captions of synthetic scenes "
+                f"(\"a large aqua triangle moving down on stripes\"); it has never seen "
+                f"{', '.join(repr(w) for w in unknown)}. Its vocabulary: {kinds}.")
+
     def show(self, text: str, k: int = 5) -> list[Any]:
-        """Figures for a query: the top-k frame strips and, for X-Pool, the attention over the
-        best video's frames (the ground truth's, for a test caption)."""
-        figs = []
+        """The figures of `labelled_figures`, without their labels."""
+        return [fig for _, fig in self.labelled_figures(text, k)]
+
+    def labelled_figures(self, text: str, k: int = 5) -> list[tuple[str, Any]]:
+        """(label, figure) for a query: the top-k frame strips and, for X-Pool, the attention
+        over the best video's frames (the ground truth's, for a test caption). A free-text query
+        with no word of the synthetic vocabulary raises XPoolError naming the vocabulary,
+        instead of a top-k that would look confident and mean nothing."""
+        figs: list[tuple[str, Any]] = []
+        text = text.strip()
+        if not text:
+            raise XPoolError("empty query: type a caption or pick a test caption")
+        content = [w for w in _words(text) if w not in CAPTION_GLUE]
+        if text not in self.out.emb.texts and self.vocabulary() is not None \
+                and len(self.unknown_words(text)) >= len(content):
+            raise XPoolError(f"no word of this query is known: {self.vocabulary_note(text)}")
         if text in self.out.emb.texts:
             q = self.out.emb.texts.index(text)
-            figs.append(top5_figure(self.out, query=q, k=k))
+            figs.append((f"top-{k} videos", top5_figure(self.out, query=q, k=k)))
             if self.out.config.model.pooling == "xpool":
-                figs.append(attention_figure(self.out, q))
+                vid = self.out.emb.video_ids[int(self.out.emb.video_of_text[q])]
+                figs.append((f"attention over the frames of {vid} (ground truth)",
+                             attention_figure(self.out, q)))
             return figs
         t = self.encode(text)
-        figs.append(top5_figure(self.out, text_embed=t, text=text, k=k))
+        figs.append((f"top-{k} videos", top5_figure(self.out, text_embed=t, text=text, k=k)))
         best = self.out.top_k(t, 1)[0]
         a = self.out.attention(t, best["index"])
         if a is not None:
             from xpool.reporting import plot_attention
 
-            figs.append(plot_attention(text, video_frames(self.out.config, best["video_id"]), a,
-                                       title=f"attention over the best match {best['video_id']}"))
+            figs.append((f"attention over the frames of the best match {best['video_id']}",
+                         plot_attention(text, video_frames(self.out.config, best["video_id"]), a,
+                                        title=f"attention over the best match {best['video_id']}")))
         return figs
 
 
-def explorer_widget(explorer: Explorer, k: int = 5) -> Any:
-    """An ipywidgets UI: pick a test caption or type any text, see the top-k videos as frame
-    strips and X-Pool's attention over the frames."""
+# Words of synthetic captions that name no attribute ("a large ... moving up on dots then ...").
+CAPTION_GLUE = frozenset({"a", "an", "moving", "on", "then"})
+
+
+def synthetic_vocabulary() -> dict[str, tuple[str, ...]]:
+    """The synthetic benchmark's attribute words, by kind (what the tiny CLIP can understand)."""
+    from xpool.data import synthetic as sy
+
+    return {"shape": tuple(sy.SHAPES), "colour": tuple(sy.COLOURS), "size": tuple(sy.SIZES),
+            "motion": tuple(sy.MOTIONS),
+            "background": tuple(sy._BACKGROUND_PHRASE[b] for b in sy.BACKGROUNDS)}
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def explorer_widget(explorer: Explorer, k: int = 5, query: str | None = None) -> Any:
+    """An ipywidgets UI: pick a test caption or type any text and press Enter (or "search"),
+    see the top-k videos as frame strips and X-Pool's attention over the frames.
+
+    It opens showing `query` (default: the first caption). The dropdown shows the test caption
+    being displayed, or is blank while the output is a typed query; the line above the output
+    always names the query that produced it.
+    """
+    import html
+
     import ipywidgets as w
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import HTML
 
-    box = w.Combobox(options=explorer.captions[:500], placeholder="type or pick a caption",
-                     ensure_option=False, layout=w.Layout(width="80%"),
-                     description="query")
-    pick = w.Dropdown(options=explorer.captions[:500], description="test caption",
+    captions = explorer.captions[:500]
+    query = query or (captions[0] if captions else "")
+    # continuous_update=False: the value (and so a search) changes on Enter, not per keystroke.
+    box = w.Combobox(options=captions, placeholder="type a query and press Enter, or pick one",
+                     ensure_option=False, continuous_update=False,
+                     layout=w.Layout(width="80%"), description="query")
+    pick = w.Dropdown(options=captions, value=None, description="test caption",
                       layout=w.Layout(width="80%"))
     button = w.Button(description="search", button_style="primary")
     out = w.Output()
     why = explorer.text_encoder_status()
     status = w.HTML("free text: available" if why is None else
-                    f"free text: unavailable ({why}); test captions work")
+                    f"free text: unavailable ({html.escape(why)}); test captions work")
+    showing = w.HTML()
+    syncing = [False]  # set while one control mirrors the other, so a query runs once
 
     def run(text: str) -> None:
-        out.clear_output()
-        with out:
-            try:
-                for fig in explorer.show(text, k=k):
-                    display(fig)
-                    plt.close(fig)
-            except XPoolError as e:
-                print(f"error: {e}")
+        text = (text or "").strip()
+        syncing[0] = True
+        try:
+            box.value = text
+            pick.value = text if text in captions else None
+        finally:
+            syncing[0] = False
+        showing.value = f"showing: <b>{html.escape(text)}</b>"
+        # Outputs are set on the widget's state, not captured with `with out:`: capturing while
+        # the cell that builds the widget runs made headless (papermill) runs hang now and then.
+        out.outputs = ()
+        try:
+            note = None if text in captions else explorer.vocabulary_note(text)
+            if note:
+                out.append_stdout(f"note: {note}\n")
+            for label, fig in explorer.labelled_figures(text, k=k):
+                out.append_display_data(
+                    HTML(f'<div class="xpool-figure-label">{html.escape(label)}</div>'))
+                out.append_display_data(fig)
+                plt.close(fig)
+        except XPoolError as e:
+            out.append_stdout(f"error: {e}\n")
 
-    button.on_click(lambda _: run(box.value or pick.value))
-    pick.observe(lambda ch: run(ch["new"]), names="value")
-    return w.VBox([pick, w.HBox([box, button]), status, out])
+    def on_pick(change: dict[str, Any]) -> None:
+        if not syncing[0] and change["new"] is not None:
+            run(change["new"])
+
+    def on_box(change: dict[str, Any]) -> None:
+        if not syncing[0] and change["new"].strip():
+            run(change["new"])
+
+    button.on_click(lambda _: run(box.value or pick.value or ""))
+    pick.observe(on_pick, names="value")
+    box.observe(on_box, names="value")
+    if query:
+        run(query)
+    return w.VBox([pick, w.HBox([box, button]), status, showing, out])
 
 
 def render_figures(output_dir: str | Path, data_root: str | None = None,
@@ -1121,7 +1250,7 @@ def render_figures(output_dir: str | Path, data_root: str | None = None,
     top-5 retrieval and training curves from the pooling ablation's runs of one seed (default:
     the first), the ablation plot, and the sub-region plot when that study ran. Also writes
     `tables/attention_mass.*` for synthetic corpora. Returns name -> path."""
-    out = Path(output_dir)
+    out = resolve(output_dir)
     figs = out / "figures"
     paths: dict[str, Path] = {}
     abl = results_from_table(out, "pooling_ablation")

@@ -39,6 +39,7 @@ from xpool.io import torch_load, torch_save, write_json
 from xpool.losses import symmetric_infonce
 from xpool.model.retrieval import RetrievalModel
 from xpool.optim import build_optimizer
+from xpool.paths import resolve
 from xpool.runs import CsvLog, RunLock, RunRecord
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr_clip", "lr_new", "logit_scale", "batch", "skipped",
@@ -180,7 +181,7 @@ def _frame_cache(cfg: Config, size: int):
         return None
     from xpool.data.frame_cache import FrameCache
 
-    return FrameCache(Path("cache") / "frames" / cfg.data.corpus, cfg.data.num_frames, size)
+    return FrameCache(resolve("cache") / "frames" / cfg.data.corpus, cfg.data.num_frames, size)
 
 
 def build_eval_embeddings(cfg: Config, model: RetrievalModel, split: str, device: torch.device,
