@@ -51,7 +51,23 @@ def read_json(path: str | Path) -> Any:
 
 
 def torch_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` atomically (write to a temporary file, then rename)."""
+    """`torch.save` atomically, with the same bytes for the same tensors.
+
+    torch names the records inside its zip archive after the file's stem, so saving to a randomly
+    named temporary file would make every checkpoint's bytes differ. The file is written under its
+    own name in a temporary folder beside `path`, then renamed onto `path`.
+    """
+    import shutil
+
     import torch
 
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path

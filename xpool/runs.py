@@ -98,8 +98,11 @@ class RunRecord:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions and hardware, recorded with every run and benchmark."""
+    """Versions and hardware, recorded with every run and benchmark: with the CPU's flags, the
+    instruction-set caps and the capability torch's kernels use (see xpool.determinism)."""
     import torch
+
+    from xpool.determinism import cpu_state
 
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -109,6 +112,7 @@ def environment_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        **cpu_state(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
