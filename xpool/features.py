@@ -58,6 +58,22 @@ def features_dir(cfg: Config) -> Path:
     return Path("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
 
+def feature_key(cfg: Config, split: str) -> str:
+    """A name for one split's features that does not depend on where the checkout is (unlike
+    `features_dir`, keyed by the corpus's absolute path): the reproduction check's key."""
+    synth = None
+    if cfg.data.corpus == "synthetic":
+        from xpool.data.synthetic import settings_hash
+
+        synth = settings_hash(cfg.synth)
+    key = {"corpus": cfg.data.corpus, "synth": synth, "train_list": cfg.data.train_list,
+           "val_videos": cfg.data.val_videos, "num_frames": cfg.data.num_frames,
+           "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+           "pretrain": cfg.fingerprint(["pretrain"]) if cfg.model.pretrained == "synthetic" else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.data.corpus}-{digest}/{split}"
+
+
 def feature_path(cfg: Config, split: str) -> Path:
     return features_dir(cfg) / f"{split}.pt"
 

@@ -50,3 +50,19 @@ def tensors_sha256(state: Mapping[str, Any]) -> str:
         if t.numel():
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+ARTIFACTS_FILE = "artifacts.json"
+
+
+def record_artifact(profile_dir: str | Path, section: str, key: str, value: Any) -> None:
+    """Merge `value` under `section`/`key` into `<profile_dir>/artifacts.json` (committed with
+    the results; the reproduction check compares it with the committed one)."""
+    from xpool.io import read_json, write_json
+
+    path = Path(profile_dir) / ARTIFACTS_FILE
+    data = read_json(path) if path.is_file() else {}
+    if data.get(section, {}).get(key) == value:
+        return
+    data.setdefault(section, {})[key] = value
+    write_json(path, data)

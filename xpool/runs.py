@@ -27,6 +27,11 @@ def run_id(cfg: Config) -> str:
     return f"{cfg.model.pooling}-seed{cfg.train.seed}-{cfg.fingerprint()}"
 
 
+# Written into a run's folder when this checkout trains it; git-ignored, so a fresh clone has
+# none and `make reproduce` trains every run there instead of reusing the committed records.
+LOCAL_MARKER = "trained_here.json"
+
+
 @dataclass
 class RunRecord:
     """Paths and contents of one run directory."""
@@ -68,6 +73,23 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.metrics_path.is_file()
+
+    @property
+    def local_marker(self) -> Path:
+        return self.run_dir / LOCAL_MARKER
+
+    @property
+    def trained_here(self) -> bool:
+        """Finished, and trained in this checkout (not a committed record from elsewhere)."""
+        return self.finished and self.local_marker.is_file()
+
+    def mark_trained_here(self) -> None:
+        """Mark a run as trained in this checkout (the marker is git-ignored)."""
+        from datetime import UTC, datetime
+
+        write_json(self.local_marker, {"host": platform.node(), "cpu": cpu_model(),
+                                       "finished_at": datetime.now(UTC).isoformat(
+                                           timespec="seconds")})
 
     def metrics(self) -> dict[str, Any]:
         """The final metrics of a finished run."""
