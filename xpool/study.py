@@ -328,8 +328,7 @@ class Study:
         """Train the frozen runs among `cfgs` that need it, `workers` at a time (each in its own
         process). Results equal one-at-a-time training: every run is seeded by its own config."""
         import time
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
         todo: dict[Path, Config] = {}
         for cfg in cfgs:
@@ -343,17 +342,15 @@ class Study:
         # Longest first, so that no long run starts last while the other worker sits idle.
         order = sorted(todo, key=lambda d: HEAD_COST.get(todo[d].model.pooling, 0), reverse=True)
         t = time.time()
-        # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)),
-                                 mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_train_head, todo[d], self._retrain(RunRecord(d))): d
-                       for d in order}
-            for future in as_completed(futures):
-                record = RunRecord(Path(future.result()))
-                self._trained.add(record.run_dir)
-                self._report(record, record.metrics()["wall_time_s"])
+        pool = _head_pool(self.workers)
+        futures = {pool.submit(_train_head, todo[d], self._retrain(RunRecord(d))): d
+                   for d in order}
+        for future in as_completed(futures):
+            record = RunRecord(Path(future.result()))
+            self._trained.add(record.run_dir)
+            self._report(record, record.metrics()["wall_time_s"])
         if self.progress:
-            print(f"[study] {len(todo)} runs trained {min(self.workers, len(todo))} at a time in "
+            print(f"[study] {len(todo)} runs trained {self.workers} at a time in "
                   f"{time.time() - t:.1f} s")
 
     def grid(self, variants: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
@@ -367,6 +364,27 @@ class Study:
         if not self.figures_only:
             self._train_heads_in_parallel([self.config(o, s) for o, s, _ in jobs])
         return [self.run(overrides, seed, labels) for overrides, seed, labels in jobs]
+
+
+# One pool of head workers per process, kept for every grid of a notebook: a spawned worker pays
+# for importing torch and xpool (seconds of CPU each), which the study's grids would otherwise pay
+# once per grid. Workers hold no state between runs: every run is seeded by its own config.
+_HEAD_POOL: dict[int, Any] = {}
+
+
+def _head_pool(workers: int) -> Any:
+    """The process's ProcessPoolExecutor with `workers` head workers (created on first use)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if workers not in _HEAD_POOL:
+        for old in _HEAD_POOL.values():
+            old.shutdown()
+        _HEAD_POOL.clear()
+        # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
+        _HEAD_POOL[workers] = ProcessPoolExecutor(max_workers=workers,
+                                                  mp_context=get_context("spawn"))
+    return _HEAD_POOL[workers]
 
 
 def _train_head(cfg: Config, fresh: bool) -> str:
