@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 PROFILE ?= embedded
 PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
+# Bit-identical results across CPUs: torch's CPU kernels capped at AVX2 (see xpool/determinism.py)
+# for the study, the tests and the notebooks; `make bench` measures what the machine can do, so it
+# runs uncapped unless you set XPOOL_CPU_ISA yourself (its JSON records the capability used).
+STUDY_ENV := XPOOL_CPU_ISA=$${XPOOL_CPU_ISA:-avx2}
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-browser test lint reproduce figures report lab bench clean lock
@@ -14,13 +18,14 @@ help:  ## list the targets
 	@echo
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: PROFILE=embedded (reproduce/figures), FRESH=1 (reproduce: recompute), QUICK=1 (bench)"
+	@echo "Variables: PROFILE=embedded (reproduce/figures), FRESH=1 (reproduce: retrain even the runs this machine made), QUICK=1 (bench)"
 
 setup:  ## create .venv, install the package (editable, dev extras) from the lock, register the 'xpool' Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,bench]"
 	$(PY) -m ipykernel install --sys-prefix --name xpool --display-name "Python (xpool)"
+	$(PY) -m xpool.determinism --kernel-env xpool
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
 
 # Debian's chromium for the real-browser tests (tests/test_browser.py). Playwright itself is in the
@@ -35,22 +40,22 @@ setup-browser:  ## install Debian's chromium (apt) and check that Playwright dri
 test:  ## ruff + import contracts (lint-imports) + the whole test suite (unit, integration, notebooks)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
-	$(PY) -m pytest -q
+	$(STUDY_ENV) $(PY) -m pytest -q
 
 lint:  ## ruff only
 	$(VENV)/bin/ruff check .
 
-reproduce:  ## run the study for PROFILE (default embedded) with papermill; FRESH=1 recomputes
-	$(VENV)/bin/xpool reproduce $(PROFILE) $(if $(FRESH),--fresh)
+reproduce:  ## train every run of PROFILE (default embedded) on this machine, then compare with the committed results
+	$(STUDY_ENV) $(VENV)/bin/xpool reproduce $(PROFILE) $(if $(FRESH),--fresh)
 
-figures:  ## re-render tables and figures of PROFILE from saved runs (no training)
-	$(VENV)/bin/xpool reproduce $(PROFILE) --figures-only
+figures:  ## re-render tables and figures of PROFILE from the committed run records (no training)
+	$(STUDY_ENV) $(VENV)/bin/xpool reproduce $(PROFILE) --figures-only
 
 report:  ## the static site results/PROFILE/report/index.html from the executed notebooks and tables (make reproduce builds it too)
 	$(PY) -m xpool.report $(PROFILE)
 
 lab:  ## open JupyterLab on the notebooks with the xpool kernel (LAB_OPTS: extra jupyter lab options)
-	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=required $(LAB_OPTS) notebooks/
+	$(STUDY_ENV) $(VENV)/bin/jupyter lab --KernelManager.transport_encryption=required $(LAB_OPTS) notebooks/
 
 bench:  ## performance benchmarks (QUICK=1: under 2 minutes)
 	$(VENV)/bin/xpool bench $(if $(QUICK),--quick)

@@ -128,5 +128,5 @@ def test_reproduce_bench_reads_first_and_cached_runs(tmp_path: Path) -> None:
     assert main(["--record", str(path), "--out", str(tmp_path / "out")]) == 0
     data = json.loads((tmp_path / "out" / "reproduce.json").read_text())
     first, cached = data["headline"]
-    assert first["value"] == 600.0 and first["target"] == "<= 15 min" and first["met"] is True
+    assert first["value"] == 600.0 and first["target"] == "<= 5 min" and first["met"] is False
     assert cached["value"] == 30.0 and data["results"]["first_over_cached"] == 20.0

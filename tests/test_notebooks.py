@@ -143,13 +143,15 @@ def test_failure_names_notebook_and_cell(tmp_path):
     nbformat.write(nb, nb_dir / "01_msrvtt_9k.ipynb")
     runs = tmp_path / "res" / "smoke" / "runs" / "old"
     runs.mkdir(parents=True)
+    (runs / "trained_here.json").write_text("{}")
     lines: list[str] = []
     rc = rp.reproduce("smoke", results_dir=tmp_path / "res", notebooks_dir=nb_dir,
                       only=["01_msrvtt_9k"], fresh=True, log=lines.append)
     assert rc == 1
     text = "\n".join(lines)
     assert "01_msrvtt_9k" in text and "ValueError" in text and "boom" in text and "cell" in text
-    assert not runs.exists()  # fresh deleted the old runs
+    # fresh keeps the records (the committed reference) but forgets which ones were trained here
+    assert runs.is_dir() and not (runs / "trained_here.json").exists()
     record = json.loads((tmp_path / "res" / "smoke" / "reproduce_record.json").read_text())
     assert record["latest"]["status"] == "failed"
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from xpool.config import Config
 from xpool.errors import FileReadError, XPoolError
 from xpool.evaluate import EvalEmbeddings
-from xpool.io import torch_load, torch_save
+from xpool.io import atomic_write_text, torch_load, torch_save
 from xpool.paths import resolve
 
 
@@ -65,8 +65,54 @@ def features_dir(cfg: Config) -> Path:
     return resolve("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
 
+def feature_key(cfg: Config, split: str) -> str:
+    """A name for one split's features that does not depend on where the checkout is (unlike
+    `features_dir`, keyed by the corpus's absolute path): the reproduction check's key."""
+    synth = None
+    if cfg.data.corpus == "synthetic":
+        from xpool.data.synthetic import settings_hash
+
+        synth = settings_hash(cfg.synth)
+    key = {"corpus": cfg.data.corpus, "synth": synth, "train_list": cfg.data.train_list,
+           "val_videos": cfg.data.val_videos, "num_frames": cfg.data.num_frames,
+           "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+           "pretrain": cfg.fingerprint(["pretrain"]) if cfg.model.pretrained == "synthetic" else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.data.corpus}-{digest}/{split}"
+
+
 def feature_path(cfg: Config, split: str) -> Path:
     return features_dir(cfg) / f"{split}.pt"
+
+
+def feature_sha256_path(path: Path) -> Path:
+    """The sidecar holding a feature file's sha256, written with it, checked on every load."""
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_features(path: Path) -> str:
+    """The recorded sha256 of a feature file, after checking the file still has it."""
+    from xpool.integrity import file_sha256
+
+    side = feature_sha256_path(path)
+    if not side.is_file():
+        raise XPoolError(f"{side} is missing (features made by an older xpool, or an interrupted "
+                         f"write): delete {path} so that they are extracted again")
+    expected = side.read_text().split()[0]
+    st = path.stat()
+    if _VERIFIED.get(path) == (st.st_mtime_ns, st.st_size, expected):
+        return expected
+    actual = file_sha256(path)
+    if actual != expected:
+        raise XPoolError(f"{path}: sha256 {actual}, but {side} records {expected}: the file was "
+                         f"changed or damaged; delete {path} so that the features are extracted "
+                         f"again")
+    _VERIFIED[path] = (st.st_mtime_ns, st.st_size, expected)
+    return expected
+
+
+# Feature files verified in this process: a study loads the same file once per run.
+_VERIFIED: dict[Path, tuple[int, int, str]] = {}
 
 
 @torch.no_grad()
@@ -75,20 +121,33 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
     """Embed `split` with the frozen backbone into the cache; returns the file's path.
 
     Resumable: finished shards are kept and skipped. `max_shards` stops early (for tests that
-    simulate an interruption); the merged file is only written once every shard exists.
+    simulate an interruption); the merged file is only written once every shard exists. Pretrained
+    and extracted with STUDY_THREADS threads; the file's sha256 goes to `<split>.pt.sha256`.
     """
+    from xpool.determinism import STUDY_THREADS
+    from xpool.train import torch_threads
+
+    out = feature_path(cfg, split)
+    if out.is_file():
+        verify_features(out)
+        return out
+    # A fixed thread count: the features' rounding depends on it (see xpool.determinism).
+    with torch_threads(STUDY_THREADS):
+        return _extract(cfg, split, out, shard_size, progress, max_shards)
+
+
+def _extract(cfg: Config, split: str, out: Path, shard_size: int, progress: bool,
+             max_shards: int | None) -> Path:
     from xpool.data.datasets import EvalSet, VideoClipDataset
     from xpool.data.transforms import VideoTransform
     from xpool.evaluate import embed_texts, embed_videos
+    from xpool.integrity import file_sha256
     from xpool.model.backbone import build_backbone
     from xpool.model.pooling import build_pooling
     from xpool.model.retrieval import RetrievalModel
     from xpool.pretrain import resolve_pretrained
     from xpool.train import ensure_data, load_split, pick_device
 
-    out = feature_path(cfg, split)
-    if out.is_file():
-        return out
     ensure_data(cfg, progress)
     device = pick_device()
     corpus = load_split(cfg, split)
@@ -122,6 +181,8 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
                 "text_feats": _load_shard(text_shard),
                 "video_of_text": torch.from_numpy(np.asarray(es.video_of_text)),
                 "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained}, out)
+    # The digest is written after the file: a file without one is treated as incomplete.
+    atomic_write_text(feature_sha256_path(out), f"{file_sha256(out)}  {out.name}\n")
     shutil.rmtree(parts)
     return out
 
@@ -134,6 +195,7 @@ def load_features(cfg: Config, split: str) -> FeatureSet:
             f"no cached features for split '{split}' at {path}; run "
             f"`xpool extract-features {cfg.profile} --splits {split}` first"
         )
+    verify_features(path)
     d = torch_load(path, "feature cache", _rebuild_hint(cfg, split, path))
     need = ("video_ids", "frame_feats", "texts", "text_feats", "video_of_text")
     if not isinstance(d, dict) or any(k not in d for k in need):

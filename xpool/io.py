@@ -124,10 +124,12 @@ def read_csv_rows(path: str | Path, required: tuple[str, ...] = (),
 
 
 def torch_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` atomically (write to a temporary file, then rename).
+    """`torch.save` atomically (write to a temporary file, then rename), with the same bytes
+    for the same tensors.
 
-    Written through a Python file object so a full disk surfaces as ENOSPC (torch's own file
-    writer reports it as an opaque `iostream error`).
+    Written through a Python file object: a full disk then surfaces as ENOSPC (torch's own file
+    writer reports it as an opaque `iostream error`), and torch names the records inside the
+    zip archive `archive/...` instead of after the (random) temporary file's name.
     """
     import torch
 

@@ -89,10 +89,15 @@ def resolve_pretrained(config: Config) -> str | None:
 
 
 def ensure_pretrained(config: Config, progress: bool = True) -> Path:
-    """The path of the pretrained checkpoint for `config`, training it first if not cached."""
+    """The path of the pretrained checkpoint for `config`, training it first if not cached.
+
+    A cached checkpoint is reused only if its tensors still have the sha256 recorded when it was
+    trained; anything else is an XPoolError naming the cache entry.
+    """
     out = cache_path(config)
     ckpt = out / CHECKPOINT
     if (out / METRICS).is_file() and ckpt.is_file():
+        verify_checkpoint(out)
         return ckpt
     if config.pretrain.steps == 0:
         raise ConfigError("pretrain.steps = 0: nothing to train; use model.pretrained=null instead")
@@ -100,6 +105,33 @@ def ensure_pretrained(config: Config, progress: bool = True) -> Path:
     with torch.enable_grad():
         _pretrain(config, out, progress)
     return ckpt
+
+
+# Checkpoints verified in this process (path -> (mtime_ns, size)): a study calls ensure_pretrained
+# once per run, and hashing the tensors each time would be wasted work.
+_VERIFIED: dict[Path, tuple[int, int]] = {}
+
+
+def verify_checkpoint(out: Path) -> str:
+    """Check the cached checkpoint's tensors against the sha256 in its metrics; returns it."""
+    from xpool.errors import XPoolError
+    from xpool.integrity import tensors_sha256
+
+    ckpt = out / CHECKPOINT
+    expected = read_json(out / METRICS).get("tensors_sha256")
+    if not expected:
+        raise XPoolError(f"{out / METRICS} records no tensors_sha256 (made by an older xpool): "
+                         f"delete {out} so that the tiny CLIP is pretrained again")
+    st = ckpt.stat()
+    if _VERIFIED.get(ckpt) == (st.st_mtime_ns, st.st_size):
+        return expected
+    actual = tensors_sha256(torch.load(ckpt, map_location="cpu", weights_only=True))
+    if actual != expected:
+        raise XPoolError(f"{ckpt}: its tensors' sha256 is {actual}, but {out / METRICS} records "
+                         f"{expected}: the file was changed or damaged; delete {out} so that the "
+                         f"tiny CLIP is pretrained again")
+    _VERIFIED[ckpt] = (st.st_mtime_ns, st.st_size)
+    return expected
 
 
 def _transform(backbone: Any) -> VideoTransform:
@@ -175,8 +207,18 @@ def encode_text_trimmed(backbone: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _pretrain(config: Config, out: Path, progress: bool) -> None:
+    from xpool.determinism import STUDY_THREADS
+    from xpool.train import torch_threads
+
+    # A fixed thread count: the reductions' rounding depends on it (see xpool.determinism).
+    with torch_threads(STUDY_THREADS):
+        _pretrain_steps(config, out, progress)
+
+
+def _pretrain_steps(config: Config, out: Path, progress: bool) -> None:
     from tqdm.auto import tqdm
 
+    from xpool.integrity import tensors_sha256
     from xpool.losses import symmetric_infonce
     from xpool.model.backbone import build_backbone
 
@@ -264,6 +306,8 @@ def _pretrain(config: Config, out: Path, progress: bool) -> None:
             "resolution": config.synth.resolution,
             "renderer_version": RENDERER_VERSION,
             "pretrain": dataclasses.asdict(p),
+            "tensors_sha256": tensors_sha256(backbone.model.state_dict()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
     )
     torch_save(backbone.model.state_dict(), out / CHECKPOINT)

@@ -15,7 +15,8 @@ Timings go to `results/<profile>/reproduce_record.json`.
 
 from __future__ import annotations
 
-import shutil
+import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +28,7 @@ from typing import Any
 from xpool.config import Config, load_config
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
+from xpool.runs import LOCAL_MARKER, cpu_model
 
 KERNEL = "xpool"
 # Parallel notebook executions in figures-only mode (read-only, so they cannot collide).
@@ -111,6 +113,43 @@ def notebook_parameters(profile: str, notebook: str) -> dict[str, Any]:
     name = Path(profile).stem
     table = PROFILE_PARAMETERS.get(name) or PROFILE_PARAMETERS.get(name.split("-")[0], {})
     return {**table.get("*", {}), **table.get(notebook, {})}
+
+
+def _count_trained_here(runs_dir: Path) -> int:
+    return sum(1 for _ in runs_dir.glob(f"*/{LOCAL_MARKER}")) if runs_dir.is_dir() else 0
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _cpu_caps(cfg: Config, log: Callable[[str], None]) -> str:
+    """Cap torch's CPU kernels where bit-identity is promised (synthetic-corpus profiles), unless
+    XPOOL_CPU_ISA says otherwise; the kernels this process and the notebooks inherit it. Returns
+    the line saying what applies (also recorded in every run's environment.json)."""
+    from xpool.determinism import STUDY_ISA, cap_cpu_isa
+
+    isa = os.environ.get("XPOOL_CPU_ISA", "").strip().lower()
+    if not isa and cfg.data.corpus == "synthetic":
+        isa = STUDY_ISA
+    if isa in ("", "native"):
+        return ("CPU kernels: torch's own choice for this CPU (XPOOL_CPU_ISA unset or native); "
+                "numbers are bit-identical only on CPUs with the same instruction set")
+    if not cap_cpu_isa(isa):
+        return (f"CPU kernels: capped at {isa.upper()} for the notebooks, but torch was loaded in "
+                f"this process before the cap (its pretraining is not capped): run `xpool "
+                f"reproduce` as its own command")
+    return (f"CPU kernels: capped at {isa.upper()} (XPOOL_CPU_ISA={isa}) so that the numbers are "
+            f"bit-identical on CPUs with and without AVX-512; GPU kernels are not affected")
 
 
 def _count_finished(runs_dir: Path) -> int:
@@ -229,15 +268,25 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         names = [n for n in names if n in only]
     runs_dir = out / "runs"
     if fresh and runs_dir.is_dir():
-        log(f"[reproduce] FRESH: deleting {runs_dir} so every run is recomputed")
-        shutil.rmtree(runs_dir)
-    runs_before = _count_finished(runs_dir)
+        # The records stay (they are the committed reference until overwritten); without their
+        # markers every run counts as not trained here and is trained again.
+        log(f"[reproduce] FRESH: every run under {runs_dir} is trained again")
+        for marker in runs_dir.glob(f"*/{LOCAL_MARKER}"):
+            marker.unlink()
+    runs_before = _count_trained_here(runs_dir)
     mode = "figures-only" if figures_only else ("fresh" if fresh else "normal")
     log(f"[reproduce] profile {cfg.profile}: {len(names)} notebooks ({mode}), "
-        f"{runs_before} finished runs found under {runs_dir}")
+        + (f"{_count_finished(runs_dir)} run records under {runs_dir}, read as they are"
+           if figures_only else
+           f"{runs_before} finished runs trained by this checkout under {runs_dir} (reused); "
+           f"every other run is trained here"))
+    log(f"[reproduce] {_cpu_caps(cfg, log)}")
 
     t0 = time.time()
+    cpu0 = _cpu_seconds()
     timings: dict[str, float] = {}
+    cpu_times: dict[str, float] = {}
+    load_before = _load_average()
     status = 0
     failure: str | None = None
     if cfg.data.corpus == "synthetic":
@@ -250,10 +299,12 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         t = time.time()
         log("[reproduce] synthetic corpus" + ("" if figures_only else " and tiny-CLIP pretraining")
             + " (cached after the first run)")
+        c = _cpu_seconds()
         ensure_corpus(cfg)
         if cfg.model.pretrained == "synthetic" and not figures_only:
             ensure_pretrained(cfg)
         timings["prepare"] = round(time.time() - t, 1)
+        cpu_times["prepare"] = round(_cpu_seconds() - c, 1)
         log(f"[reproduce] prepared in {timings['prepare']:.1f} s")
     jobs = []
     for name in names:
@@ -274,10 +325,13 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
             continue
         for k, (name, *_) in enumerate(phase):
             log(f"[reproduce] [{done + k + 1}/{len(names)}] {name} ...")
+        c = _cpu_seconds()
         try:
             outcomes = _run_phase(phase)
         except KeyboardInterrupt:
             outcomes = [(phase[0][0], 0.0, INTERRUPTED)]
+        if len(phase) == 1:
+            cpu_times[phase[0][0]] = round(_cpu_seconds() - c, 1)
         for name, seconds, error in outcomes:
             done += 1
             timings[name] = seconds
@@ -299,7 +353,17 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         if failure:
             break
     wall = round(time.time() - t0, 1)
-    runs_after = _count_finished(runs_dir)
+    cpu_total = round(_cpu_seconds() - cpu0, 1)
+    runs_after = _count_trained_here(runs_dir)
+    check = None
+    if status == 0:
+        from xpool.reproduction_check import CHECK_FILE, reproduction_check
+
+        report, all_equal = reproduction_check(out)
+        log("")
+        log(report)
+        log(f"[reproduce] reproduction check written to {out / CHECK_FILE}")
+        check = {"all_equal": all_equal}
     entry = {
         "profile": cfg.profile,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -310,7 +374,16 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         "notebook_seconds": timings,
         "runs_before": runs_before,
         "runs_after": runs_after,
-        # first: nothing was cached; cached: every run was already finished.
+        # CPU seconds of this process and its notebook kernels (and their workers): on a shared
+        # machine wall time alone says little about where the time goes.
+        "cpu_time_s": cpu_total,
+        "notebook_cpu_seconds": cpu_times,
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "cpu": cpu_model(),
+        "cpu_isa_cap": os.environ.get("XPOOL_CPU_ISA"),
+        "reproduction_check": check,
+        # first: no run trained by this checkout before; cached: every run was.
         "kind": ("figures_only" if figures_only else "first" if runs_before == 0
                  else "cached" if runs_after == runs_before else "partial"),
         "python": sys.version.split()[0],

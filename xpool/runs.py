@@ -31,6 +31,11 @@ def run_id(cfg: Config) -> str:
     return f"{cfg.model.pooling}-seed{cfg.train.seed}-{cfg.fingerprint()}"
 
 
+# Written into a run's folder when this checkout trains it; git-ignored, so a fresh clone has
+# none and `make reproduce` trains every run there instead of reusing the committed records.
+LOCAL_MARKER = "trained_here.json"
+
+
 @dataclass
 class RunRecord:
     """Paths and contents of one run directory."""
@@ -81,6 +86,23 @@ class RunRecord:
     def _remedy(self) -> str:
         return (f"delete the run folder {self.run_dir} (or just this file) and train the run "
                 f"again (`xpool train ... --fresh`)")
+
+    @property
+    def local_marker(self) -> Path:
+        return self.run_dir / LOCAL_MARKER
+
+    @property
+    def trained_here(self) -> bool:
+        """Finished, and trained in this checkout (not a committed record from elsewhere)."""
+        return self.finished and self.local_marker.is_file()
+
+    def mark_trained_here(self) -> None:
+        """Mark a run as trained in this checkout (the marker is git-ignored)."""
+        from datetime import UTC, datetime
+
+        write_json(self.local_marker, {"host": platform.node(), "cpu": cpu_model(),
+                                       "finished_at": datetime.now(UTC).isoformat(
+                                           timespec="seconds")})
 
     def metrics(self) -> dict[str, Any]:
         """The final metrics of a finished run."""
@@ -171,8 +193,11 @@ class RunLock:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions and hardware, recorded with every run and benchmark."""
+    """Versions and hardware, recorded with every run and benchmark: with the CPU's flags, the
+    instruction-set caps and the capability torch's kernels use (see xpool.determinism)."""
     import torch
+
+    from xpool.determinism import cpu_state
 
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -182,6 +207,7 @@ def environment_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        **cpu_state(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

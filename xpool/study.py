@@ -31,6 +31,7 @@ import pandas as pd
 from xpool import reporting
 from xpool.config import POOLINGS, Config, load_config
 from xpool.errors import ConfigError, CorpusError, XPoolError
+from xpool.integrity import record_artifact
 from xpool.io import read_json, torch_load
 from xpool.paths import resolve
 from xpool.runs import RunRecord
@@ -217,8 +218,10 @@ class Study:
             from xpool.pretrain import ensure_pretrained
 
             root = ensure_corpus(cfg, progress=self.progress)
+            self._record_corpus(cfg)
             if cfg.model.pretrained == "synthetic":
                 ensure_pretrained(cfg)
+                self._record_pretrained(cfg)
             return root
         from xpool.train import load_split
 
@@ -251,11 +254,19 @@ class Study:
         return RunResult(record, cfg, dict(labels or {}))
 
     def _needs_training(self, record: RunRecord) -> bool:
+        """Figures-only reads every record as it is. Otherwise a run is reused only if this
+        checkout trained it (its local marker): committed records are the reference the
+        reproduction check compares against, not a cache."""
         if self.figures_only:
             return False
         if self.fresh:
             return record.run_dir not in self._trained
-        return not record.finished
+        return not record.trained_here
+
+    def _retrain(self, record: RunRecord) -> bool:
+        """Whether training starts over: fresh, or a finished record this checkout did not make
+        (a committed one). A run this checkout started and did not finish resumes."""
+        return self.fresh or (record.finished and not record.trained_here)
 
     def _train(self, cfg: Config) -> RunRecord:
         """Train one run, printing one line per run (tqdm bars would bloat executed notebooks)."""
@@ -264,11 +275,13 @@ class Study:
         from xpool.train import train
 
         t = time.time()
+        retrain = self._retrain(RunRecord.for_config(cfg))
         if cfg.model.frozen:
             self._prepare_frozen(cfg)
-            record = RunRecord(Path(_train_head(cfg, self.fresh)))
+            record = RunRecord(Path(_train_head(cfg, retrain)))
         else:
-            record = train(cfg, resume=not self.fresh, fresh=self.fresh, progress=self.progress)
+            record = train(cfg, resume=not retrain, fresh=retrain, progress=self.progress)
+            record.mark_trained_here()
         self._trained.add(record.run_dir)
         self._report(record, time.time() - t)
         return record
@@ -284,26 +297,46 @@ class Study:
     def _prepare_frozen(self, cfg: Config) -> None:
         """Pretraining (synthetic) and cached features of every split a frozen run reads, with
         every thread: the backbone pass is the heavy part of a frozen run."""
-        from xpool.features import extract_features, feature_path
+        from xpool.features import extract_features, feature_key, feature_path, verify_features
 
         if cfg.model.pretrained == "synthetic":
             from xpool.pretrain import ensure_pretrained
 
             # Before extraction: pretraining needs gradients, extraction runs without them.
             ensure_pretrained(cfg, progress=self.progress)
+            self._record_pretrained(cfg)
+        if cfg.data.corpus == "synthetic":
+            self._record_corpus(cfg)
         eval_split = "val" if cfg.train.selection == "val" else "test"
         for split in sorted({"train", eval_split, "test"}):
             if not feature_path(cfg, split).is_file() and self.progress:
                 log.info("extracting frozen features of the %s split (%s, %d frames)", split,
                          cfg.data_root, cfg.data.num_frames)
             extract_features(cfg, split, progress=False)
+            record_artifact(self.output_dir, "features", feature_key(cfg, split),
+                            verify_features(feature_path(cfg, split)))
+
+    # What decides the numbers, for the reproduction check (xpool/integrity.py).
+
+    def _record_corpus(self, cfg: Config) -> None:
+        from xpool.data.synthetic import load_meta
+
+        meta = load_meta(cfg.data_root)
+        record_artifact(self.output_dir, "corpus", meta["hash"],
+                        {"corpus_sha256": meta["corpus_sha256"],
+                         "videos": len(meta["video_sha256"])})
+
+    def _record_pretrained(self, cfg: Config) -> None:
+        from xpool.pretrain import cache_path, verify_checkpoint
+
+        out = cache_path(cfg)
+        record_artifact(self.output_dir, "pretrained", out.name, verify_checkpoint(out))
 
     def _train_heads_in_parallel(self, cfgs: Sequence[Config]) -> None:
         """Train the frozen runs among `cfgs` that need it, `workers` at a time (each in its own
         process). Results equal one-at-a-time training: every run is seeded by its own config."""
         import time
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
         todo: dict[Path, Config] = {}
         for cfg in cfgs:
@@ -317,14 +350,13 @@ class Study:
         # Longest first, so that no long run starts last while the other worker sits idle.
         order = sorted(todo, key=lambda d: HEAD_COST.get(todo[d].model.pooling, 0), reverse=True)
         t = time.time()
-        # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)),
-                                 mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_train_head, todo[d], self.fresh): d for d in order}
-            for future in as_completed(futures):
-                record = RunRecord(Path(future.result()))
-                self._trained.add(record.run_dir)
-                self._report(record, record.metrics()["wall_time_s"])
+        pool = _head_pool(self.workers)
+        futures = {pool.submit(_train_head, todo[d], self._retrain(RunRecord(d))): d
+                   for d in order}
+        for future in as_completed(futures):
+            record = RunRecord(Path(future.result()))
+            self._trained.add(record.run_dir)
+            self._report(record, record.metrics()["wall_time_s"])
         if self.progress:
             log.info("%d runs trained %d at a time in %.1f s", len(todo),
                      min(self.workers, len(todo)), time.time() - t)
@@ -342,6 +374,27 @@ class Study:
         return [self.run(overrides, seed, labels) for overrides, seed, labels in jobs]
 
 
+# One pool of head workers per process, kept for every grid of a notebook: a spawned worker pays
+# for importing torch and xpool (seconds of CPU each), which the study's grids would otherwise pay
+# once per grid. Workers hold no state between runs: every run is seeded by its own config.
+_HEAD_POOL: dict[int, Any] = {}
+
+
+def _head_pool(workers: int) -> Any:
+    """The process's ProcessPoolExecutor with `workers` head workers (created on first use)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if workers not in _HEAD_POOL:
+        for old in _HEAD_POOL.values():
+            old.shutdown()
+        _HEAD_POOL.clear()
+        # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
+        _HEAD_POOL[workers] = ProcessPoolExecutor(max_workers=workers,
+                                                  mp_context=get_context("spawn"))
+    return _HEAD_POOL[workers]
+
+
 def _train_head(cfg: Config, fresh: bool) -> str:
     """Train one frozen-mode run from cached features with HEAD_THREADS threads; returns its run
     directory. Module-level so that a worker process can run it. A head works on tiny tensors,
@@ -349,7 +402,9 @@ def _train_head(cfg: Config, fresh: bool) -> str:
     from xpool.train import torch_threads, train
 
     with torch_threads(HEAD_THREADS):
-        return str(train(cfg, resume=not fresh, fresh=fresh, progress=False).run_dir)
+        record = train(cfg, resume=not fresh, fresh=fresh, progress=False)
+    record.mark_trained_here()
+    return str(record.run_dir)
 
 
 def results_folder(profile: str, output_dir: str | Path | None = None) -> Path:

@@ -37,11 +37,13 @@ import numpy as np
 
 from xpool.config import Config, SynthConfig
 from xpool.errors import ConfigError, CorpusError
+from xpool.integrity import digest_of, file_sha256
 from xpool.io import atomic_write, atomic_write_text, read_json, write_json
 
 # Bump when the rendering or encoding changes: it is part of the corpus hash and the pretraining
-# cache key, so stale corpora and checkpoints are never reused.
-RENDERER_VERSION = 2
+# cache key, so stale corpora and checkpoints are never reused. 3: x264 without mbtree (see
+# X264_OPTIONS).
+RENDERER_VERSION = 3
 # Bump when the annotation layout changes (also part of the corpus hash).
 FORMAT_VERSION = 1
 
@@ -520,7 +522,18 @@ def build_specs(cfg: SynthConfig) -> list[VideoSpec]:
 # Encoding
 
 
-def _encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
+# x264 settings. Near-lossless (crf 6) keeps colours and small shapes intact at 32-64 px. One
+# thread alone does not make x264 deterministic: the libx264 bundled with PyAV reads uninitialised
+# heap memory in its AVX-512 macroblock-tree code, so on an AVX-512 CPU the same frames encoded
+# twice can give different files. Without mbtree the output is one byte stream in fresh processes
+# under any heap state and on every x264 instruction-set level from SSSE3 to AVX-512
+# (tests/test_determinism.py checks both); x264's C-only and SSE2/SSE3-only paths, which no
+# x86-64 CPU made since 2008 uses, give another one.
+X264_OPTIONS = {"crf": "6", "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+
+
+def _encode_mp4(frames: np.ndarray, fps: int, path: Path,
+                x264_params: str | None = None) -> None:
     """Encode uint8 [F, H, W, 3] as H.264 (yuv420p) mp4 at `path`."""
     import av
 
@@ -529,9 +542,10 @@ def _encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
         stream.width = frames.shape[2]
         stream.height = frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # Near-lossless (crf 6) keeps colours and small shapes intact at 32-64 px; one thread
-        # keeps x264 bit-exact across runs.
-        stream.options = {"crf": "6", "preset": "medium", "threads": "1"}
+        options = dict(X264_OPTIONS)
+        if x264_params:  # tests: e.g. "asm=AVX2" caps x264's instruction set
+            options["x264-params"] = f"{options['x264-params']}:{x264_params}"
+        stream.options = options
         stream.codec_context.thread_count = 1
         for arr in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
@@ -560,10 +574,11 @@ def render_video(spec: VideoSpec, cfg: SynthConfig) -> np.ndarray:
 
 
 def _render_and_write(args: tuple[VideoSpec, SynthConfig, str]) -> str:
+    """Render and encode one video; returns the sha256 of the mp4 written."""
     spec, cfg, path = args
     frames = render_video(spec, cfg)
     atomic_write(path, lambda p: _encode_mp4(frames, cfg.fps, p))
-    return path
+    return file_sha256(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -628,10 +643,16 @@ def _annotations(specs: Sequence[VideoSpec], cfg: SynthConfig) -> dict[str, str]
     }
 
 
-def _meta(specs: Sequence[VideoSpec], cfg: SynthConfig) -> dict[str, Any]:
+def _meta(specs: Sequence[VideoSpec], cfg: SynthConfig,
+          video_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    video_sha256 = video_sha256 or {}
     return {
         "settings": settings_dict(cfg),
         "hash": settings_hash(cfg),
+        "x264_options": X264_OPTIONS,
+        # Checked whenever the corpus is reused, compared by the reproduction check.
+        "video_sha256": dict(sorted(video_sha256.items())),
+        "corpus_sha256": digest_of(video_sha256),
         "vocabulary": {
             "sizes": list(SIZES),
             "colours": list(COLOURS),
@@ -666,9 +687,14 @@ def _is_complete(root: Path, cfg: SynthConfig) -> bool:
     files = [DATA_FILE, TRAIN_9K_FILE, TRAIN_7K_FILE, TEST_FILE]
     if not all((root / f).is_file() for f in files):
         return False
+    # Every video as it was written (a few ms for the embedded corpus): a changed or truncated
+    # file, or a corpus from before the digests were recorded, is regenerated.
+    sums = meta.get("video_sha256") or {}
+    if set(sums) != set(meta.get("videos", {})):
+        return False
     return all(
-        (p := root / "videos" / f"{vid}.mp4").is_file() and p.stat().st_size > 0
-        for vid in meta.get("videos", {})
+        (p := root / "videos" / f"{vid}.mp4").is_file() and file_sha256(p) == sha
+        for vid, sha in sums.items()
     )
 
 
@@ -694,28 +720,32 @@ def generate_corpus(cfg: SynthConfig, root: str | Path, progress: bool = True) -
         if stale.name not in wanted and re.fullmatch(r"video\d+\.mp4", stale.name):
             stale.unlink()
     jobs = [(s, cfg, str(video_dir / f"{s.video_id}.mp4")) for s in specs]
-    _run_jobs(jobs, progress)
+    sums = dict(zip((s.video_id for s in specs), _run_jobs(jobs, progress), strict=True))
     for name, text in _annotations(specs, cfg).items():
         atomic_write_text(root / name, text)
-    write_json(root / META_FILE, _meta(specs, cfg))
+    write_json(root / META_FILE, _meta(specs, cfg, sums))
     return root
 
 
-def _run_jobs(jobs: list[tuple[VideoSpec, SynthConfig, str]], progress: bool) -> None:
+def _run_jobs(jobs: list[tuple[VideoSpec, SynthConfig, str]], progress: bool) -> list[str]:
+    """Run every job; the sha256 of each video, in job order."""
     from tqdm.auto import tqdm
 
     workers = min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(jobs), desc="synth videos", unit="video", disable=not progress)
     # Small corpora are faster in-process than paying for worker start-up.
+    sums: list[str] = []
     if workers <= 1 or len(jobs) < 64:
         for job in jobs:
-            _render_and_write(job)
+            sums.append(_render_and_write(job))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_and_write, jobs, chunksize=16):
+            for sha in pool.map(_render_and_write, jobs, chunksize=16):
+                sums.append(sha)
                 bar.update()
     bar.close()
+    return sums
 
 
 def ensure_corpus(config: Config, progress: bool = True) -> Path:
