@@ -59,6 +59,7 @@ from xpool.model.pooling import AttentionPooling, TopKPooling, XPool
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "plain_similarity_matrix",
+    "similarity_chunks",
     "similarity_matrix",
 ]
 
@@ -326,24 +327,59 @@ class _XPoolFactors:
         return num / sq.clamp_min(0.0).sqrt().clamp_min(_NORM_EPS)
 
 
-def _xpool_similarity(
+def _xpool_chunks(
     head: XPool, t: Tensor, e: Tensor, chunk_size: int | None, memory_budget: int
-) -> Tensor:
+) -> Iterator[tuple[int, Tensor]]:
     num_texts, num_videos = t.shape[0], e.shape[0]
     factors = _XPoolFactors(head, e)
     kb = factors.basis
     per_pair = kb * (factors.forms.shape[1] // kb + 6) + 8
     chunk, block = _tiles(num_texts, num_videos, kb, per_pair, chunk_size, memory_budget)
     text_norm = t.norm(dim=-1).clamp_min(_NORM_EPS)
-    out = torch.empty(num_texts, num_videos, dtype=torch.float32, device=t.device)
     for s0 in range(0, num_texts, chunk):
         tc = t[s0 : s0 + chunk]
         texts = factors.texts(tc)
+        out = torch.empty(tc.shape[0], num_videos, dtype=torch.float32, device=t.device)
         for v0 in range(0, num_videos, block):
             v1 = min(v0 + block, num_videos)
-            out[s0 : s0 + chunk, v0:v1] = factors.tile(texts, v0, v1).T
-        out[s0 : s0 + chunk] /= text_norm[s0 : s0 + chunk, None]
+            out[:, v0:v1] = factors.tile(texts, v0, v1).T
+        out /= text_norm[s0 : s0 + chunk, None]
+        yield s0, out
+
+
+def _xpool_similarity(
+    head: XPool, t: Tensor, e: Tensor, chunk_size: int | None, memory_budget: int
+) -> Tensor:
+    out = torch.empty(t.shape[0], e.shape[0], dtype=torch.float32, device=t.device)
+    for s0, block in _xpool_chunks(head, t, e, chunk_size, memory_budget):
+        out[s0 : s0 + block.shape[0]] = block
     return out
+
+
+def similarity_chunks(
+    pooling: nn.Module,
+    text_embeds: Tensor,
+    frame_embeds: Tensor,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Iterator[tuple[int, Tensor]]:
+    """``similarity_matrix`` one text chunk at a time: yields (first text index, [Tc, V]).
+
+    The same numbers as ``similarity_matrix`` with the same ``chunk_size``, but only one chunk's
+    rows are alive at a time, so a caller that reduces each chunk (ranks, top-k) never holds
+    [T, V]. The per-video factors are computed once for all chunks. ``chunk_size=None`` picks
+    the chunk from ``memory_budget`` (X-Pool) or yields all texts at once (other heads).
+    """
+    _check_chunk(chunk_size)
+    t, e = _check(pooling, text_embeds, frame_embeds)
+    if isinstance(pooling, XPool):
+        with _eval_mode(pooling):
+            # The generator is consumed inside the context, so the head stays in eval mode.
+            yield from _xpool_chunks(pooling, t, e, chunk_size, memory_budget)
+        return
+    step = chunk_size or max(1, t.shape[0])
+    for s0 in range(0, t.shape[0], step):
+        yield s0, similarity_matrix(pooling, t[s0 : s0 + step], e, None, memory_budget)
 
 
 def _frame_weighting_similarity(
