@@ -58,6 +58,7 @@ from xpool.model.pooling import AttentionPooling, TopKPooling, XPool
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "GalleryScorer",
     "plain_similarity_matrix",
     "similarity_chunks",
     "similarity_matrix",
@@ -309,22 +310,51 @@ class _XPoolFactors:
         lin = forms[:, n_quad * kb :]
         text_dots = (self.out_basis[v0 * kb : v1 * kb] @ t.T).view(nv, kb, tc)
         dot = text_dots.mul_(a).sum(dim=1)
-        q_g, q_out = quad[:, 0], quad[:, 1]
+        return self._finish(dot, quad[:, 0], quad[:, 1], quad[:, 2] if self.residual else None,
+                            lin, 1, t_out0, t_b3)
 
+    def _finish(self, dot: Tensor, q_g: Tensor, q_out: Tensor, q_z: Tensor | None, lin: Tensor,
+                axis: int, t_out0: Tensor, t_b3: Tensor) -> Tensor:
+        """Cosine (times |t|) from a pair's forms; ``lin``'s form index is dimension ``axis``."""
         inv2 = torch.rsqrt(q_g / self.dim + self.eps2)  # 1 / sigma2
         if self.residual:
-            q_z = quad[:, 2]
-            l_out, l_z, l_b3 = lin[:, 0], lin[:, 1], lin[:, 2]
+            assert q_z is not None
+            l_out, l_z, l_b3 = lin.select(axis, 0), lin.select(axis, 1), lin.select(axis, 2)
             var3 = (q_z * inv2 + 2.0 * l_z) * inv2 + self.z0_sq
             inv3 = torch.rsqrt(var3 / self.dim + self.eps3)
             num = (dot * inv2 + t_out0) * inv3 + t_b3
             sq = ((q_out * inv2 + 2.0 * l_out) * inv2 + self.out0_sq) * inv3 * inv3
             sq = sq + 2.0 * (l_b3 * inv2 + self.out0_b3) * inv3 + self.b3_sq
         else:
-            l_out = lin[:, 0]
+            l_out = lin.select(axis, 0)
             num = dot * inv2 + t_out0
             sq = (q_out * inv2 + 2.0 * l_out) * inv2 + self.out0_sq
         return num / sq.clamp_min(0.0).sqrt().clamp_min(_NORM_EPS)
+
+    def pairs(self, texts: tuple[Tensor, Tensor, Tensor, Tensor], text_idx: Tensor,
+              video_idx: Tensor) -> Tensor:
+        """Cosines (times |t|) of the pairs (texts[text_idx[p]], video video_idx[p]): [P]."""
+        t, q, t_out0, t_b3 = texts
+        nf, kb, heads = self.num_frames, self.basis, self.heads
+        n = video_idx.shape[0]
+        if heads == 1:
+            keys = self.keys.view(self.num_videos, nf, self.dim)[video_idx]  # [P, F, D]
+            logits = torch.bmm(keys, q[text_idx].unsqueeze(2)).squeeze(2)
+            a = torch.softmax(logits, dim=1)  # [P, K]
+        else:
+            hd = self.keys.shape[-1]
+            keys = self.keys.view(heads, self.num_videos, nf, hd)[:, video_idx]  # [H, P, F, hd]
+            qs = q[:, :, text_idx]  # [H, hd, P]
+            logits = torch.einsum("hpfd,hdp->phf", keys, qs)
+            a = torch.softmax(logits, dim=2).reshape(n, kb)
+        forms = torch.bmm(self.forms[video_idx], a.unsqueeze(2)).squeeze(2)  # [P, M]
+        n_quad = self.n_quad
+        quad = (forms[:, : n_quad * kb].view(n, n_quad, kb) * a.unsqueeze(1)).sum(dim=2)
+        lin = forms[:, n_quad * kb :]
+        basis = self.out_basis.view(self.num_videos, kb, self.dim)[video_idx]  # [P, K, D]
+        dot = (torch.bmm(basis, t[text_idx].unsqueeze(2)).squeeze(2) * a).sum(dim=1)
+        return self._finish(dot, quad[:, 0], quad[:, 1], quad[:, 2] if self.residual else None,
+                            lin, 1, t_out0[text_idx], t_b3[text_idx])
 
 
 def _xpool_chunks(
@@ -427,3 +457,61 @@ def _frame_weighting_similarity(
                 norm = sq.clamp_min(0.0).sqrt().clamp_min(_NORM_EPS)
             out[s0 : s0 + n, v0:v1] = (num / norm).T
     return out
+
+
+class GalleryScorer:
+    """Exact scores of chosen (text, video) pairs against a fixed gallery: a shortlist's rerank.
+
+    The per-video factors of the fast path (O(V F D^2), the costly part) are computed once here;
+    each ``score`` call then costs O(F D) per pair, so reranking K candidates per query is
+    O(T K F D) however large the gallery. The scores are the cosines ``similarity_matrix`` gives
+    for the same pairs (equal up to float rounding: the products have other shapes).
+    X-Pool uses the factored pair computation, text-agnostic heads pool each video once, and
+    other heads score each query's candidates with ``similarity_matrix``.
+    """
+
+    def __init__(self, pooling: nn.Module, frame_embeds: Tensor,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        _, e = _check(pooling, frame_embeds.new_zeros(1, frame_embeds.shape[-1]), frame_embeds)
+        self.pooling, self.frames, self.memory_budget = pooling, e, memory_budget
+        self.num_videos = e.shape[0]
+        self._factors: _XPoolFactors | None = None
+        self._pooled: Tensor | None = None
+        with _eval_mode(pooling):
+            if isinstance(pooling, XPool):
+                self._factors = _XPoolFactors(pooling, e)
+            elif not pooling.text_conditioned:
+                pooled = torch.cat([pooling(e[:1, 0], e[i : i + 1024]) for i in range(0, len(e), 1024)])
+                self._pooled = F.normalize(pooled, dim=-1)
+
+    def score(self, text_embeds: Tensor, candidates: Tensor) -> Tensor:
+        """[T, K] cosines of text i with video ``candidates[i, k]`` (-inf where the index is -1)."""
+        t, _ = _check(self.pooling, text_embeds, self.frames[:0])
+        cand = torch.as_tensor(candidates, dtype=torch.long, device=t.device)
+        if cand.dim() != 2 or cand.shape[0] != t.shape[0]:
+            raise XPoolError(f"candidates must be [T, K] with T = {t.shape[0]}, got {tuple(cand.shape)}")
+        if cand.numel() and (int(cand.max()) >= self.num_videos or int(cand.min()) < -1):
+            raise XPoolError(f"candidates hold indices outside [0, {self.num_videos}) (-1 = none)")
+        valid = cand >= 0
+        idx = cand.clamp_min(0)
+        num_texts, k = cand.shape
+        out = torch.empty(num_texts, k, dtype=torch.float32, device=t.device)
+        with _eval_mode(self.pooling):
+            if self._factors is not None:
+                f = self._factors
+                # Gathered per-pair keys and bases dominate: about 3 x F x D floats per pair.
+                per_text = max(1, 3 * f.basis * f.dim * 4 * k)
+                step = max(1, self.memory_budget // per_text)
+                norms = t.norm(dim=-1).clamp_min(_NORM_EPS)
+                for s0 in range(0, num_texts, step):
+                    tc = t[s0 : s0 + step]
+                    texts = f.texts(tc)
+                    rows = torch.arange(tc.shape[0], device=t.device).repeat_interleave(k)
+                    flat = f.pairs(texts, rows, idx[s0 : s0 + step].reshape(-1))
+                    out[s0 : s0 + step] = flat.view(tc.shape[0], k) / norms[s0 : s0 + step, None]
+            elif self._pooled is not None:
+                out = torch.einsum("td,tkd->tk", F.normalize(t, dim=-1), self._pooled[idx])
+            else:
+                for i in range(num_texts):
+                    out[i] = similarity_matrix(self.pooling, t[i : i + 1], self.frames[idx[i]])[0]
+        return out.masked_fill(~valid, -torch.inf)
