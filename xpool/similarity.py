@@ -338,20 +338,20 @@ class _XPoolFactors:
         nf, kb, heads = self.num_frames, self.basis, self.heads
         n = video_idx.shape[0]
         if heads == 1:
-            keys = self.keys.view(self.num_videos, nf, self.dim)[video_idx]  # [P, F, D]
+            keys = self.keys.view(self.num_videos, nf, self.dim).index_select(0, video_idx)  # [P, F, D]
             logits = torch.bmm(keys, q[text_idx].unsqueeze(2)).squeeze(2)
             a = torch.softmax(logits, dim=1)  # [P, K]
         else:
             hd = self.keys.shape[-1]
-            keys = self.keys.view(heads, self.num_videos, nf, hd)[:, video_idx]  # [H, P, F, hd]
+            keys = self.keys.view(heads, self.num_videos, nf, hd).index_select(1, video_idx)
             qs = q[:, :, text_idx]  # [H, hd, P]
             logits = torch.einsum("hpfd,hdp->phf", keys, qs)
             a = torch.softmax(logits, dim=2).reshape(n, kb)
-        forms = torch.bmm(self.forms[video_idx], a.unsqueeze(2)).squeeze(2)  # [P, M]
+        forms = torch.bmm(self.forms.index_select(0, video_idx), a.unsqueeze(2)).squeeze(2)  # [P, M]
         n_quad = self.n_quad
         quad = (forms[:, : n_quad * kb].view(n, n_quad, kb) * a.unsqueeze(1)).sum(dim=2)
         lin = forms[:, n_quad * kb :]
-        basis = self.out_basis.view(self.num_videos, kb, self.dim)[video_idx]  # [P, K, D]
+        basis = self.out_basis.view(self.num_videos, kb, self.dim).index_select(0, video_idx)
         dot = (torch.bmm(basis, t[text_idx].unsqueeze(2)).squeeze(2) * a).sum(dim=1)
         return self._finish(dot, quad[:, 0], quad[:, 1], quad[:, 2] if self.residual else None,
                             lin, 1, t_out0[text_idx], t_b3[text_idx])
