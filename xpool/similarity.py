@@ -207,6 +207,14 @@ def _tiles(
     return chunk_size, video_block
 
 
+_Texts = tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+
+
+def _centred(x: Tensor) -> Tensor:
+    """Each row minus its mean (over the last dimension)."""
+    return x - x.mean(dim=-1, keepdim=True)
+
+
 class _XPoolFactors:
     """Per-video quantities of the factored X-Pool similarity (computed once per call)."""
 
@@ -221,31 +229,47 @@ class _XPoolFactors:
         e1 = head.layer_norm1(e)  # [V, F, D]
         wv, bv = head.v_proj.weight, head.v_proj.bias
         wo, bo = head.out_proj.weight, head.out_proj.bias
+        g2, b2 = head.layer_norm2.weight, head.layer_norm2.bias
+        self.eps2 = head.layer_norm2.eps
+        self.residual = head.residual
+        eye = torch.eye(dim, device=e.device, dtype=e.dtype)
+        # Centring over D and the gains are linear maps of each row: fold them into the weight
+        # matrices (x @ _centred(A) == _centred(x @ A)), so each basis is one GEMM, no passes.
+        w_z = None
+        if head.residual:
+            assert head.linear_proj is not None and head.layer_norm3 is not None
+            w_lin, b_lin = head.linear_proj.weight, head.linear_proj.bias
+            # z = centred(q_basis + q_basis W^T) with q_basis = u_c * g2.
+            w_z = _centred(g2[:, None] * (eye + w_lin.T))
+        self.merged = heads == 1
         if heads == 1:
             # Keys are folded into the query (see module docstring): logits = q' . e1.
             self.keys = e1.reshape(num_videos * num_frames, dim)
             w_ov = wo @ wv
-            u = torch.addmm(wo @ bv + bo, self.keys, w_ov.T).view(num_videos, 1, num_frames, dim)
+            w_u, b_u = _centred(w_ov.T), _centred(wo @ bv + bo)
+            u_c = torch.addmm(b_u, self.keys, w_u).view(num_videos, k_basis, dim)
+            # out_basis is affine in the keys (out_basis = keys P + r), so the text . basis dots
+            # come from the same GEMM as the attention logits: keys @ [q', P t] (see ``tile``).
+            if w_z is not None:
+                g3 = head.layer_norm3.weight
+                self.text_map = (w_u @ w_z) * g3  # P
+                self.text_bias = (b_u @ w_z) * g3  # r
+            else:
+                self.text_map, self.text_bias = w_u * g2, b_u * g2
         else:
             k = head.k_proj(e1).view(num_videos, num_frames, heads, hd)
             # [H, V*F, hd] so that each head's logits are one GEMM.
             self.keys = k.permute(2, 0, 1, 3).reshape(heads, num_videos * num_frames, hd)
             v = head.v_proj(e1).view(num_videos, num_frames, heads, hd)
             u = torch.einsum("vfhd,ehd->vhfe", v, wo.view(dim, heads, hd)) + bo / heads
-        u = u.reshape(num_videos, k_basis, dim)
-        u_c = u - u.mean(dim=-1, keepdim=True)
-        g2, b2 = head.layer_norm2.weight, head.layer_norm2.bias
-        self.eps2 = head.layer_norm2.eps
-        q_basis = u_c * g2  # y = sum_k c_k q_basis_k + b2
+            u = u.reshape(num_videos, k_basis, dim)
+            u_c = u - u.mean(dim=-1, keepdim=True)
 
         rows = [u_c @ u_c.transpose(1, 2)]  # G: variance of o (layer_norm2)
-        self.residual = head.residual
         if head.residual:
-            assert head.linear_proj is not None and head.layer_norm3 is not None
-            w_lin, b_lin = head.linear_proj.weight, head.linear_proj.bias
-            z_basis = q_basis + q_basis @ w_lin.T
+            assert w_z is not None
+            z_basis = u_c @ w_z
             z0 = b2 + w_lin @ b2 + b_lin
-            z_basis = z_basis - z_basis.mean(dim=-1, keepdim=True)
             z0 = z0 - z0.mean()
             g3, b3 = head.layer_norm3.weight, head.layer_norm3.bias
             self.eps3 = head.layer_norm3.eps
@@ -261,7 +285,7 @@ class _XPoolFactors:
             self.b3 = b3
             self.b3_sq = float(b3 @ b3)
         else:
-            out_basis = q_basis  # out = sum_k c_k out_basis_k + b2
+            out_basis = u_c * g2  # out = sum_k c_k out_basis_k + b2
             out0 = b2
             rows.append(out_basis @ out_basis.transpose(1, 2))
             rows.append((out_basis @ out0).unsqueeze(1))
@@ -271,33 +295,42 @@ class _XPoolFactors:
         # [V, M, K]: the bmm of this with the attention weights gives every quadratic and linear
         # form a pair needs (the Gram matrices are symmetric, so no transposes).
         self.forms = torch.cat(rows, dim=1).contiguous()
-        self.out_basis = out_basis.reshape(num_videos * k_basis, dim).contiguous()
+        # The one-head tile gets its text . basis dots from the keys (see above).
+        self.out_basis = None if self.merged else out_basis.reshape(num_videos * k_basis, dim)
 
         # Text side: q' = ((ln1(t) W_q^T + b_q) W_k) / sqrt(hd) for one head (key bias dropped:
         # it adds a per-text constant to the logits); per-head q / sqrt(hd) otherwise.
         self.head = head
         self.scale = 1.0 / math.sqrt(hd)
 
-    def texts(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-chunk text quantities: (texts, queries, t . out0, t . b3)."""
+    def texts(self, t: Tensor) -> _Texts:
+        """Per-chunk text quantities: (texts, queries, t . out0, t . b3, P t, r . t, [q', P t]^T).
+
+        The last three only for one head (``merged``), else None.
+        """
         head = self.head
         q = head.q_proj(head.layer_norm1(t)) * self.scale
+        tp = t_r = rhs = None
         if self.heads == 1:
             q = q @ head.k_proj.weight  # [Tc, D]
+            tp, t_r = t @ self.text_map.T, t @ self.text_bias
+            rhs = torch.cat([q, tp]).T.contiguous()  # [D, 2 Tc]: one GEMM per tile
         else:
             hd = self.dim // self.heads
             q = q.view(t.shape[0], self.heads, hd).permute(1, 2, 0)  # [H, hd, Tc]
         t_b3 = t @ self.b3 if self.residual else t.new_zeros(t.shape[0])
-        return t, q, t @ self.out0, t_b3
+        return t, q, t @ self.out0, t_b3, tp, t_r, rhs
 
-    def tile(self, texts: tuple[Tensor, Tensor, Tensor, Tensor], v0: int, v1: int) -> Tensor:
+    def tile(self, texts: _Texts, v0: int, v1: int) -> Tensor:
         """Cosines (times |t|) of a text chunk against videos v0:v1: [Vb, Tc]."""
-        t, q, t_out0, t_b3 = texts
+        t, q, t_out0, t_b3, _, t_r, rhs = texts
         nv, nf, kb, heads = v1 - v0, self.num_frames, self.basis, self.heads
         tc = t.shape[0]
         if heads == 1:
-            keys = self.keys[v0 * nf : v1 * nf]
-            a = torch.softmax((keys @ q.T).view(nv, nf, tc), dim=1)  # [Vb, F, Tc]
+            assert rhs is not None and t_r is not None
+            # One GEMM: attention logits (first Tc columns) and text . basis dots (the rest).
+            prod = (self.keys[v0 * nf : v1 * nf] @ rhs).view(nv, nf, 2 * tc)
+            a = torch.softmax(prod[..., :tc], dim=1)  # [Vb, F, Tc]
         else:
             keys = self.keys[:, v0 * nf : v1 * nf]
             logits = torch.bmm(keys, q).view(heads, nv, nf, tc)
@@ -308,8 +341,13 @@ class _XPoolFactors:
         n_quad = self.n_quad
         quad = forms[:, : n_quad * kb].view(nv, n_quad, kb, tc).mul_(a.unsqueeze(1)).sum(dim=2)
         lin = forms[:, n_quad * kb :]
-        text_dots = (self.out_basis[v0 * kb : v1 * kb] @ t.T).view(nv, kb, tc)
-        dot = text_dots.mul_(a).sum(dim=1)
+        if heads == 1:
+            # Each head's weights sum to 1, so the basis offset r contributes r . t once.
+            dot = (prod[..., tc:] * a).sum(dim=1).add_(t_r)
+        else:
+            assert self.out_basis is not None
+            text_dots = (self.out_basis[v0 * kb : v1 * kb] @ t.T).view(nv, kb, tc)
+            dot = text_dots.mul_(a).sum(dim=1)
         return self._finish(dot, quad[:, 0], quad[:, 1], quad[:, 2] if self.residual else None,
                             lin, 1, t_out0, t_b3)
 
@@ -331,16 +369,17 @@ class _XPoolFactors:
             sq = (q_out * inv2 + 2.0 * l_out) * inv2 + self.out0_sq
         return num / sq.clamp_min(0.0).sqrt().clamp_min(_NORM_EPS)
 
-    def pairs(self, texts: tuple[Tensor, Tensor, Tensor, Tensor], text_idx: Tensor,
-              video_idx: Tensor) -> Tensor:
+    def pairs(self, texts: _Texts, text_idx: Tensor, video_idx: Tensor) -> Tensor:
         """Cosines (times |t|) of the pairs (texts[text_idx[p]], video video_idx[p]): [P]."""
-        t, q, t_out0, t_b3 = texts
+        t, q, t_out0, t_b3, tp, t_r, _ = texts
         nf, kb, heads = self.num_frames, self.basis, self.heads
         n = video_idx.shape[0]
         if heads == 1:
-            keys = self.keys.view(self.num_videos, nf, self.dim).index_select(0, video_idx)  # [P, F, D]
-            logits = torch.bmm(keys, q[text_idx].unsqueeze(2)).squeeze(2)
-            a = torch.softmax(logits, dim=1)  # [P, K]
+            assert tp is not None and t_r is not None
+            keys = self.keys.view(self.num_videos, nf, self.dim).index_select(0, video_idx)
+            rhs = torch.stack([q.index_select(0, text_idx), tp.index_select(0, text_idx)], dim=2)
+            prod = torch.bmm(keys, rhs)  # [P, F, 2]: logits and text . basis dots
+            a = torch.softmax(prod[..., 0], dim=1)  # [P, K]
         else:
             hd = self.keys.shape[-1]
             keys = self.keys.view(heads, self.num_videos, nf, hd).index_select(1, video_idx)
@@ -351,8 +390,12 @@ class _XPoolFactors:
         n_quad = self.n_quad
         quad = (forms[:, : n_quad * kb].view(n, n_quad, kb) * a.unsqueeze(1)).sum(dim=2)
         lin = forms[:, n_quad * kb :]
-        basis = self.out_basis.view(self.num_videos, kb, self.dim).index_select(0, video_idx)
-        dot = (torch.bmm(basis, t[text_idx].unsqueeze(2)).squeeze(2) * a).sum(dim=1)
+        if heads == 1:
+            dot = (prod[..., 1] * a).sum(dim=1) + t_r.index_select(0, text_idx)
+        else:
+            assert self.out_basis is not None
+            basis = self.out_basis.view(self.num_videos, kb, self.dim).index_select(0, video_idx)
+            dot = (torch.bmm(basis, t[text_idx].unsqueeze(2)).squeeze(2) * a).sum(dim=1)
         return self._finish(dot, quad[:, 0], quad[:, 1], quad[:, 2] if self.residual else None,
                             lin, 1, t_out0[text_idx], t_b3[text_idx])
 
