@@ -120,7 +120,7 @@ def train_head(steps: int, seed: int = 0) -> tuple[Any, dict[str, float]]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     head.eval()
     return head, {"steps": steps, "seconds": time.perf_counter() - start,
                   "first_loss": losses[0], "last_loss": float(sum(losses[-20:]) / 20)}
