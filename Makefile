@@ -23,7 +23,7 @@ help:  ## list the targets
 setup:  ## create .venv, install the package (editable, dev extras) from the lock, register the 'xpool' Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,bench,scale]"
 	$(PY) -m ipykernel install --sys-prefix --name xpool --display-name "Python (xpool)"
 	$(PY) -m xpool.determinism --kernel-env xpool
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"

@@ -1,6 +1,6 @@
 """Exact text-video similarity: the fast X-Pool path against the plain chunked computation.
 
-Usage: ``python -m bench.similarity [--quick] [--repeats N] [--threads N] [--device cpu|cuda]``
+Usage: ``python -m bench.similarity [--quick] [--repeats N] [--threads N] [--device cpu|cuda] [--tf32]``
 (or ``python bench/similarity.py ...``). Writes ``similarity.json`` to ``results/bench`` (with
 ``--quick``: ``results/bench/quick``; ``$XPOOL_BENCH_DIR`` or ``--out`` override), in the record
 format of ``bench/common.py``.
@@ -12,6 +12,8 @@ format of ``bench/common.py``.
   of their results.
 - An MSVD-sized problem (670 videos, 27,763 captions, F = 12, D = 512): fast-path time and peak
   memory (the plain pooled [V, T, D] tensor alone would take 38 GB).
+- The GEMM floor at both sizes: the fast path's matrix products alone (``gemm_floor``), timed
+  as plain ``torch.mm`` calls of the same shapes and tiles, and the fast path's time over it.
 - Achieved GFLOP/s of the fast path (its arithmetic counted analytically) next to a large
   float32 matmul on the same device.
 
@@ -53,6 +55,7 @@ QUICK_SIZES = {"square": (128, 128), "msvd": (670, 500)}
 TARGET_RATIO = 20.0
 TARGET_MSVD_S = 120.0
 TARGET_MSVD_GB = 4.0
+TARGET_FLOOR_RATIO = 1.3
 
 
 # ----------------------------------------------------------------------------- child process
@@ -109,12 +112,16 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
+    # TF32 (CUDA only) trades float32's 24-bit products for 11-bit ones: faster, not exact.
+    torch.backends.cuda.matmul.allow_tf32 = bool(spec.get("tf32", False))
     cuda = device.type == "cuda"
     head, t, e = make_problem(
         spec["texts"], spec["videos"], spec["frames"], spec["dim"], spec["heads"], spec["seed"]
     )
     head, t, e = head.to(device), t.to(device), e.to(device)
-    fn = similarity_matrix if spec["kind"] == "fast" else plain_similarity_matrix
+    fn = {"fast": similarity_matrix, "plain": plain_similarity_matrix, "floor": gemm_floor}[
+        spec["kind"]
+    ]
     fn(head, t[:16], e[:32])  # warm-up: thread pools, BLAS kernels, CUDA context
     if cuda:
         torch.cuda.synchronize(device)
@@ -155,6 +162,36 @@ def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({spec['kind']}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def gemm_floor(head: Any, t: Any, e: Any) -> Any:
+    """The fast path's matrix products alone, as plain ``torch.mm`` calls of the same shapes.
+
+    The one-head fast path (``xpool.similarity``) does, per video set, two [V F, D] x [D, D]
+    products (the value/output and the residual projections of every frame) and, per
+    (text chunk, video block) tile, [Vb F, D] x [D, 2 Tc] of text-side products (the attention
+    logits and the text . basis dots; one merged product or two of [D, Tc], the same FLOPs). This
+    runs exactly those shapes, in the tiles the fast path picks for the same problem, on operands
+    of the right sizes, and nothing else: no softmax, no per-video Gram forms, no elementwise
+    work. The fast path's time over this one is how far it is from its GEMM floor.
+    """
+    import torch
+
+    from xpool.similarity import DEFAULT_MEMORY_BUDGET, _tiles
+
+    num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
+    kb = num_frames
+    per_pair = kb * ((3 * kb + 3) // kb + 6) + 8  # as xpool.similarity._xpool_chunks (residual)
+    chunk, block = _tiles(num_texts, num_videos, kb, per_pair, None, DEFAULT_MEMORY_BUDGET)
+    frames = e.reshape(num_videos * num_frames, dim)
+    w = torch.randn(dim, dim, device=e.device) / dim**0.5
+    torch.mm(frames, w)
+    torch.mm(frames, w)
+    for s0 in range(0, num_texts, chunk):
+        rhs = torch.cat([t[s0 : s0 + chunk], t[s0 : s0 + chunk]]).T.contiguous()  # [D, 2 Tc]
+        for v0 in range(0, num_videos, block):
+            torch.mm(frames[v0 * num_frames : min(v0 + block, num_videos) * num_frames], rhs)
+    return t.new_zeros(1)
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -205,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; writes ``<results dir>/similarity.json``."""
     parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--tf32", action="store_true",
+                        help="CUDA: allow TF32 matrix products (recorded; default: exact float32)")
     parser.add_argument("--child", default=None, help="internal: one measurement (JSON spec)")
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -227,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     (num_texts, num_videos), (msvd_videos, msvd_captions) = sizes["square"], sizes["msvd"]
     base = {"frames": FRAMES, "dim": DIM, "heads": 1, "seed": 0, "threads": threads}
     base["device"] = str(device)
+    base["tf32"] = bool(args.tf32 and device.type == "cuda")
     report = BenchReport.from_args(
         "similarity",
         "Exact X-Pool similarity: fast factored path vs plain chunked forward",
         args,
         device=str(device),
+        precision="tf32" if base["tf32"] else "fp32",
         torch_threads=threads,
         square=[num_texts, num_videos],
         msvd_sized=[msvd_videos, msvd_captions],
@@ -269,15 +310,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    msvd_runs = []
+    floor_runs = []
+    for rep in range(repeats):
+        run = _run(dict(base, kind="floor", texts=num_texts, videos=num_videos), isolated)
+        floor_runs.append(run)
+        print(f"  {num_texts} x {num_videos} GEMM floor round {rep + 1}/{repeats}: "
+              f"{run['seconds']:.3f} s", flush=True)
+
+    msvd_runs, msvd_floor_runs = [], []
     for rep in range(msvd_repeats):
-        run = _run(dict(base, kind="fast", texts=msvd_captions, videos=msvd_videos), isolated)
-        msvd_runs.append(run)
-        print(
-            f"  MSVD-sized {msvd_videos} videos x {msvd_captions} captions, fast, round "
-            f"{rep + 1}/{msvd_repeats}: {run['seconds']:.2f} s, peak +{run['peak_mb']:.0f} MB",
-            flush=True,
-        )
+        for kind in ("fast", "floor") if rep % 2 == 0 else ("floor", "fast"):
+            run = _run(dict(base, kind=kind, texts=msvd_captions, videos=msvd_videos), isolated)
+            (msvd_runs if kind == "fast" else msvd_floor_runs).append(run)
+            print(
+                f"  MSVD-sized {msvd_videos} videos x {msvd_captions} captions, {kind}, round "
+                f"{rep + 1}/{msvd_repeats}: {run['seconds']:.2f} s, peak +{run['peak_mb']:.0f} MB",
+                flush=True,
+            )
     matmul = matmul_gflops(device)
 
     plain_s, fast_s = _median(runs["plain"], "seconds"), _median(runs["fast"], "seconds")
@@ -289,6 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     pooled_gb = msvd_videos * msvd_captions * DIM * 4 / 1e9
     size = f"{num_texts} x {num_videos}"
     full = not args.quick
+    floor_s, msvd_floor_s = _median(floor_runs, "seconds"), _median(msvd_floor_runs, "seconds")
+    for label, f_s, fl_s in ((size, fast_s, floor_s),
+                             (f"MSVD-sized {msvd_videos} x {msvd_captions}", msvd_s, msvd_floor_s)):
+        report.add_headline(
+            f"fast path over its GEMM floor, {label}",
+            f_s / fl_s,
+            "x",
+            target=f"<= {TARGET_FLOOR_RATIO}x" if full else None,
+            met=f_s / fl_s <= TARGET_FLOOR_RATIO if full else None,
+            detail=f"fast {f_s:.3f} s, its matrix products alone as torch.mm {fl_s:.3f} s",
+        )
 
     report.add_headline(
         f"fast vs plain X-Pool similarity, {size}",
@@ -343,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
                 msvd_gflop,
                 msvd_gflop / msvd_s,
             ],
+            [f"GEMM floor {size} (the fast path's products as torch.mm)", floor_s,
+             _median(floor_runs, "cpu_seconds"), _median(floor_runs, "peak_mb"), None, None],
+            ["GEMM floor, MSVD-sized", msvd_floor_s, _median(msvd_floor_runs, "cpu_seconds"),
+             _median(msvd_floor_runs, "peak_mb"), None, None],
             [f"float32 matmul 4096 x 512 x 4096 ({device.type})", None, None, None, None, matmul],
         ],
     )
@@ -369,6 +433,14 @@ def main(argv: list[str] | None = None) -> int:
             "fast_peak_mb": msvd_mb,
             "fast_gflops_per_s": msvd_gflop / msvd_s,
             "plain_pooled_tensor_gb": pooled_gb,
+        },
+        "gemm_floor": {
+            "square_runs": floor_runs,
+            "msvd_runs": msvd_floor_runs,
+            "square_seconds": floor_s,
+            "msvd_seconds": msvd_floor_s,
+            "square_ratio": fast_s / floor_s,
+            "msvd_ratio": msvd_s / msvd_floor_s,
         },
         "matmul_gflops_per_s": matmul,
         "peak_memory_method": runs["fast"][0]["peak_method"],

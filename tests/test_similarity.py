@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from xpool.errors import XPoolError
 from xpool.metrics import t2v_ranks, v2t_ranks
 from xpool.model.pooling import build_pooling
-from xpool.similarity import plain_similarity_matrix, similarity_matrix
+from xpool.similarity import plain_similarity_matrix, similarity_chunks, similarity_matrix
 
 D = 64
 
@@ -147,3 +147,14 @@ def test_clip_like_inputs_near_identity_head():
     assert (fast - plain).abs().max() <= 1e-5
     vot = np.arange(50) % 30
     assert np.array_equal(t2v_ranks(fast, vot), t2v_ranks(plain, vot))
+
+
+@pytest.mark.parametrize("name", ["xpool", "mean", "topk"])
+def test_chunks_reassemble_the_matrix(name):
+    head = build_pooling(name, D, **({"k": 3} if name == "topk" else {}))
+    _random_weights(head)
+    t, e = _inputs()
+    chunks = list(similarity_chunks(head, t, e, chunk_size=10))
+    assert [s0 for s0, _ in chunks] == [0, 10, 20, 30]
+    assert torch.equal(torch.cat([b for _, b in chunks]), similarity_matrix(head, t, e, chunk_size=10))
+    assert head.training  # the head's mode is restored once the chunks are consumed

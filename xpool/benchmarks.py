@@ -24,7 +24,7 @@ from xpool.errors import XPoolError
 __all__ = ["BENCHMARKS", "available_benchmarks", "bench_common", "run_benchmarks", "write_summary"]
 
 # The suite, in run order (cheap ones first). Other `bench/*.py` scripts run after these.
-BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity")
+BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage")
 _NOT_BENCHMARKS = {"__init__", "common"}
 # Per-script wall-clock limits: a hang must not block the suite.
 QUICK_TIMEOUT_S = 300
