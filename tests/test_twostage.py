@@ -114,3 +114,25 @@ def test_bad_input_errors():
         GalleryScorer(_head(), e).score(torch.randn(2, D), torch.tensor([[0], [41]]))
     with pytest.raises(XPoolError, match="V, F, D"):
         mean_pooled(torch.randn(3, D))
+
+
+def test_search_switches_to_two_stage_above_the_threshold(monkeypatch):
+    """`xpool search` ranks exhaustively up to TWO_STAGE_ABOVE videos and two-stage above; with a
+    shortlist as large as the gallery both give the same top videos and exact scores."""
+    import xpool.search as xsearch
+    from xpool.model.pooling import XPool
+    from xpool.similarity import similarity_matrix
+
+    torch.manual_seed(0)
+    head = XPool(16, num_heads=1).eval()
+    frames = torch.randn(40, 6, 16)
+    text = torch.randn(1, 16)
+    exact = similarity_matrix(head, text, frames).float()[0]
+    assert xsearch.search_method(40, 5).startswith("exhaustive")
+    i_ex, s_ex = xsearch.rank_videos(head, text, frames, 5)
+    monkeypatch.setattr(xsearch, "TWO_STAGE_ABOVE", 10)
+    monkeypatch.setattr(xsearch, "SHORTLIST_K", 40)
+    assert xsearch.search_method(40, 5).startswith("two-stage")
+    i_2s, s_2s = xsearch.rank_videos(head, text, frames, 5)
+    assert i_2s.tolist() == i_ex.tolist() == exact.topk(5).indices.tolist()
+    torch.testing.assert_close(s_2s, s_ex, atol=1e-5, rtol=1e-5)

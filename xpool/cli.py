@@ -124,11 +124,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from xpool.search import default_index_dir, format_hits, load_index, search
+    from xpool.search import default_index_dir, format_hits, load_index, search, search_method
+
     index = load_index(args.index or default_index_dir())
     hits = search(index, args.caption, top=args.top, pooling=args.pooling)
     head = args.pooling or index.cfg.model.pooling
-    print(f"top {len(hits)} of {len(index.paths)} videos for {args.caption!r} ({head} pooling)")
+    method = search_method(len(index.paths), args.top)
+    print(f"top {len(hits)} of {len(index.paths)} videos for {args.caption!r} ({head} pooling, "
+          f"{method})")
     print(format_hits(hits))
     return 0
 

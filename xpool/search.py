@@ -50,6 +50,7 @@ __all__ = [
     "index_widget",
     "load_index",
     "rank_videos",
+    "search_method",
     "search",
 ]
 
@@ -272,14 +273,38 @@ def load_index(index_dir: str | Path) -> VideoIndex:
                       failed)
 
 
+# Above this many videos a search shortlists by mean pooling and reranks exactly (two-stage).
+# From bench/twostage.py (README, "Large galleries"): at 10^4 videos a K = 500 rerank costs more
+# than the exhaustive pass; at 10^5 it keeps R@1/5/10 within 0.3 points at ~1/16 of the time.
+TWO_STAGE_ABOVE = 20_000
+SHORTLIST_K = 500
+
+
+def search_method(num_videos: int, top: int) -> str:
+    """How a gallery of ``num_videos`` is searched: "exhaustive" or "two-stage (K=...)"."""
+    if num_videos > TWO_STAGE_ABOVE and SHORTLIST_K > top:
+        return f"two-stage (mean-pooled shortlist of {SHORTLIST_K}, exact rerank)"
+    return "exhaustive (exact)"
+
+
 def rank_videos(pooling: nn.Module, text_embed: Tensor, frame_embeds: Tensor,
                 top: int) -> tuple[Tensor, Tensor]:
-    """(indices, scores) of the ``top`` videos for one text: exact similarities
-    (X-Pool through ``xpool.similarity``'s fast path), best first."""
+    """(indices, scores) of the ``top`` videos for one text, best first.
+
+    Exhaustive exact similarities (X-Pool through ``xpool.similarity``'s fast path) up to
+    ``TWO_STAGE_ABOVE`` videos; above, ``xpool.twostage``: a mean-pooled shortlist of
+    ``SHORTLIST_K`` (exact torch top-k, no FAISS needed) reranked exactly by the head."""
     from xpool.similarity import similarity_matrix
 
+    num_videos = frame_embeds.shape[0]
+    k = min(int(top), num_videos)
+    if search_method(num_videos, k).startswith("two-stage"):
+        from xpool.twostage import two_stage_search
+
+        scores, idx = two_stage_search(pooling, text_embed, frame_embeds, k=SHORTLIST_K, top=k,
+                                       kind="exact")
+        return idx[0], scores[0].float()
     sims = similarity_matrix(pooling, text_embed, frame_embeds).float()[0]
-    k = min(int(top), sims.shape[0])
     scores, idx = sims.topk(k)
     return idx, scores
 
