@@ -110,7 +110,9 @@ def test_report_opens_offline_with_every_figure_and_the_main_table(smoke_root, t
         page.wait_for_load_state("load")
         text = page.inner_text("body")
         assert "Reproduction check" in text and "Environment" in text
-        assert "torch" in page.inner_text("table")  # the environment the runs recorded
+        # The environment the runs recorded: the table after the "Environment" heading.
+        env_table = page.locator("h2:has-text('Environment') + table")
+        assert "torch" in env_table.inner_text()
         rows = page.eval_on_selector_all(
             "#main-table table tr", "trs => trs.map(r => [...r.cells].map(c => c.innerText))")
         cells = {(r[0], r[1]): r for r in rows[1:]}

@@ -45,14 +45,19 @@ def workdir(tmp_path_factory):
     from xpool.train import train
 
     wd = tmp_path_factory.mktemp("reliability")
-    old = os.getcwd()
+    old, old_root = os.getcwd(), os.environ.get("XPOOL_ROOT")
     os.chdir(wd)
+    os.environ["XPOOL_ROOT"] = str(wd)  # relative results/, data/, cache/ resolve here
     cfg = load_config("smoke")
     ensure_corpus(cfg)
     ensure_pretrained(cfg, progress=False)
     train(smoke(**{"model.pooling": "mean", "output.run_name": "base"}), progress=False)
     yield wd
     os.chdir(old)
+    if old_root is None:
+        os.environ.pop("XPOOL_ROOT", None)
+    else:
+        os.environ["XPOOL_ROOT"] = old_root
 
 
 def smoke(**overrides):
@@ -127,10 +132,22 @@ def test_payload_in_a_feature_shard_and_cache_is_refused(workdir, tmp_path):
     path = feature_path(cfg, "test")
     good = path.read_bytes()
     torch.save({"video_ids": Payload(marker)}, path)
+    # First line of defence: the file no longer has the sha256 its sidecar records.
+    with pytest.raises(XPoolError, match=r"test\.pt: sha256 .* changed or damaged"):
+        load_features(cfg, "test")
+    assert not marker.exists()
+    # Second: with the sidecar rewritten to match, the safe load still refuses the payload.
+    from xpool.features import feature_sha256_path
+    from xpool.integrity import file_sha256
+
+    sidecar = feature_sha256_path(path)
+    good_sidecar = sidecar.read_text()
+    sidecar.write_text(file_sha256(path) + "\n")
     with pytest.raises(UnsafeFileError, match=r"feature cache .*test\.pt"):
         load_features(cfg, "test")
     assert not marker.exists()
     path.write_bytes(good)
+    sidecar.write_text(good_sidecar)
 
 
 def test_payload_in_test_embeddings_is_refused_by_figures(workdir, tmp_path):
@@ -199,6 +216,7 @@ def test_frozen_profile_works_from_an_empty_folder(tmp_path, monkeypatch):
     from xpool.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPOOL_ROOT", str(tmp_path))  # the project root is this empty folder
     assert main(["extract-features", "smoke", "model.frozen=true", "--splits", "test"]) == 0
     assert list((tmp_path / "cache" / "features").glob("synthetic-*/test.pt"))
 

@@ -42,3 +42,24 @@ def test_fresh_retrains_a_run_once_per_study(tmp_path):
     assert restamp != stamp
     fresh.run({"model.pooling": "mean"}, seed=0)  # the same study uses it again: no retraining
     assert (run_dir / "metrics.json").stat().st_mtime_ns == restamp
+
+
+def _sigint_handler_name() -> str:
+    import signal
+
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def test_head_workers_leave_ctrl_c_to_the_parent():
+    """Jupyter interrupts a kernel's whole process group when shutting it down; idle head
+    workers must not answer with KeyboardInterrupt tracebacks in the reproduce log."""
+    import signal
+
+    from xpool import study
+
+    pool = study._head_pool(1)
+    try:
+        assert pool.submit(_sigint_handler_name).result(timeout=120) == str(signal.SIG_IGN)
+    finally:
+        pool.shutdown()
+        study._HEAD_POOL.clear()

@@ -380,6 +380,15 @@ class Study:
 _HEAD_POOL: dict[int, Any] = {}
 
 
+def _ignore_sigint() -> None:
+    """Head-worker initializer: leave Ctrl-C to the parent. Jupyter interrupts the kernel's whole
+    process group when it shuts a kernel down, and idle workers would each print a
+    KeyboardInterrupt traceback into the reproduce log; the parent stops the pool instead."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _head_pool(workers: int) -> Any:
     """The process's ProcessPoolExecutor with `workers` head workers (created on first use)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -391,7 +400,8 @@ def _head_pool(workers: int) -> Any:
         _HEAD_POOL.clear()
         # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock.
         _HEAD_POOL[workers] = ProcessPoolExecutor(max_workers=workers,
-                                                  mp_context=get_context("spawn"))
+                                                  mp_context=get_context("spawn"),
+                                                  initializer=_ignore_sigint)
     return _HEAD_POOL[workers]
 
 
