@@ -111,7 +111,7 @@ def test_report_opens_offline_with_every_figure_and_the_main_table(smoke_root, t
         text = page.inner_text("body")
         assert "Reproduction check" in text and "Environment" in text
         # The environment the runs recorded: the table after the "Environment" heading.
-        env_table = page.locator("h2:has-text('Environment') + table")
+        env_table = page.locator("h2:has-text('Environment') ~ table").first
         assert "torch" in env_table.inner_text()
         rows = page.eval_on_selector_all(
             "#main-table table tr", "trs => trs.map(r => [...r.cells].map(c => c.innerText))")
