@@ -20,9 +20,10 @@ import pytest
 
 from conftest import write_video
 from xpool.data.corpora import load_msrvtt, load_msvd
-from xpool.data.download import ANNOTATION_SHA256, download_corpus, fetch, sha256_of
+from xpool.data.download import ANNOTATION_SHA256, download_corpus, fetch
 from xpool.data.video import sample_frames
 from xpool.errors import DownloadError
+from xpool.integrity import file_sha256
 
 
 @dataclass
@@ -238,7 +239,7 @@ def test_real_annotation_files_verify(server: Server, tmp_path: Path, fixtures_d
             [("annotations", "msvd_data.zip"), ("captions", "captions_msvd.json"), ("videos", "YouTubeClips.tar")]}
     root = download_corpus("msvd", tmp_path / "msvd", urls, progress=False, backoff=0)
     for name in ("captions_msvd.json", "train_list.txt", "val_list.txt", "test_list.txt"):
-        assert sha256_of(root / name) == ANNOTATION_SHA256[name]
+        assert file_sha256(root / name) == ANNOTATION_SHA256[name]
     assert sorted(p.name for p in (root / "videos").iterdir() if not p.name.startswith(".")) == [
         "clipA_1_5.avi", "clipB_2_9.avi"]
     assert load_msvd(root, "test", missing="ignore").num_captions == 27_763

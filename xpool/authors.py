@@ -86,8 +86,8 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
                                 progress: bool = True) -> AuthorsEvaluation:
     """Evaluate an authors' checkpoint on ``split`` of the profile's corpus and record it."""
     from xpool import reporting
-    from xpool.data.download import sha256_of
     from xpool.evaluate import score
+    from xpool.integrity import file_sha256
     from xpool.io import write_json
     from xpool.model.checkpoints import load_authors_checkpoint
     from xpool.runs import environment_info
@@ -117,7 +117,7 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
         **metrics,
         "ranks": result["ranks"],
         "checkpoint": str(path),
-        "checkpoint_sha256": sha256_of(path),
+        "checkpoint_sha256": file_sha256(path),
         "checkpoint_epoch": ckpt.epoch,
         "split": split,
         "num_texts": result["num_texts"],
@@ -133,7 +133,7 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
              f" ({split}, {result['num_texts']} captions x {result['num_videos']} videos)")
     notes = [f"profile {cfg.profile}; {cfg.data.num_frames} frames; DSL temperature "
              f"{cfg.eval.dsl_temperature}" if cfg.eval.dsl else f"profile {cfg.profile}; no DSL",
-             f"checkpoint sha256 {sha256_of(path)[:16]}..., epoch {ckpt.epoch}"]
+             f"checkpoint sha256 {file_sha256(path)[:16]}..., epoch {ckpt.epoch}"]
     markdown = reporting.results_markdown(table, title, notes)
     table_path = reporting.write_table(table, profile_dir / "tables", f"authors_{name}",
                                        markdown)

@@ -19,7 +19,6 @@ run never leaves a half-written file where the readers look.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -41,8 +40,9 @@ from tqdm import tqdm
 
 from xpool.data.corpora import LSMDC_ACCESS, MSRVTT_FILES, MSVD_FILES
 from xpool.errors import DownloadError
+from xpool.integrity import file_sha256
 
-__all__ = ["download_corpus", "fetch", "sha256_of", "ANNOTATION_SHA256", "DEFAULT_URLS"]
+__all__ = ["download_corpus", "fetch", "ANNOTATION_SHA256", "DEFAULT_URLS"]
 
 # sha256 of the public annotation files, identical to ../shared/fixtures/SHA256SUMS.
 ANNOTATION_SHA256 = {
@@ -100,15 +100,6 @@ _SOURCES: dict[str, list[_Source]] = {
         _Source("videos", "YouTubeClips.tar", "tar", video_suffix=".avi"),
     ],
 }
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _content_range_total(value: str | None) -> int | None:
@@ -293,7 +284,7 @@ def _verify(path: Path, checksums: dict[str, str], archive: Path | None) -> None
     expected = checksums.get(path.name)
     if expected is None:
         return
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != expected:
         quarantine = path.with_name(path.name + ".sha256-mismatch")
         os.replace(path, quarantine)
@@ -311,7 +302,7 @@ def _annotations_ready(root: Path, names: tuple[str, ...], checksums: dict[str, 
         path = root / name
         if not path.is_file():
             return False
-        if name in checksums and sha256_of(path) != checksums[name]:
+        if name in checksums and file_sha256(path) != checksums[name]:
             return False
     return True
 
