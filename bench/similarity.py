@@ -47,7 +47,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, BenchReport, apply_threads, bench_parser  # noqa: E402
+from bench.common import REPO_ROOT, BenchReport, apply_threads, bench_parser, proc_status_kb  # noqa: E402
 
 FRAMES, DIM = 12, 512
 FULL_SIZES = {"square": (1000, 1000), "msvd": (670, 27763)}  # (texts, videos), (videos, captions)
@@ -59,17 +59,6 @@ TARGET_FLOOR_RATIO = 1.3
 
 
 # ----------------------------------------------------------------------------- child process
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _reset_peak_rss() -> bool:
@@ -128,7 +117,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
         base_bytes = torch.cuda.memory_allocated(device)
     exact_peak = _reset_peak_rss()
-    base_kb = _proc_status_kb("VmRSS") or 0
+    base_kb = proc_status_kb("VmRSS") or 0
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     sims = fn(head, t, e)
@@ -139,7 +128,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated(device) - base_bytes) / 2**20
         method = "torch.cuda.max_memory_allocated above the allocation before the call"
-    elif exact_peak and (hwm := _proc_status_kb("VmHWM")) is not None:
+    elif exact_peak and (hwm := proc_status_kb("VmHWM")) is not None:
         peak_mb, method = (hwm - base_kb) / 1024, "VmHWM after clear_refs minus VmRSS before"
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024

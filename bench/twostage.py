@@ -41,7 +41,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchReport, apply_threads, bench_parser  # noqa: E402
+from bench.common import BenchReport, apply_threads, bench_parser, proc_status_kb  # noqa: E402
 
 DIM, SCENES_PER_VIDEO, FRAMES_PER_SCENE = 128, 3, 4
 FRAME_NOISE, TEXT_NOISE = 0.35, 0.25
@@ -129,17 +129,6 @@ def train_head(steps: int, seed: int = 0) -> tuple[Any, dict[str, float]]:
 # ----------------------------------------------------------------------------- measurement
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def measured(fn: Any, device: Any) -> tuple[Any, float, float]:
     """(result, seconds, peak MB above the resident memory before the call) of ``fn()``."""
     import torch
@@ -155,7 +144,7 @@ def measured(fn: Any, device: Any) -> tuple[Any, float, float]:
                 fh.write("5")
         except OSError:
             pass
-        base = _status_kb("VmRSS") or 0
+        base = proc_status_kb("VmRSS") or 0
     start = time.perf_counter()
     out = fn()
     if cuda:
@@ -164,7 +153,7 @@ def measured(fn: Any, device: Any) -> tuple[Any, float, float]:
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
-        hwm = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        hwm = proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = (hwm - base) / 1024
     return out, seconds, peak
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from head_helpers import random_weights
 
 from xpool.config import EvalConfig
 from xpool.evaluate import EvalEmbeddings, embed_texts, embed_videos, score
@@ -53,19 +54,6 @@ Evaluate = Callable[[list[str], torch.Tensor, np.ndarray],
                     tuple[torch.Tensor, np.ndarray, np.ndarray]]
 
 
-def _random_weights(head: torch.nn.Module, seed: int = 0) -> None:
-    """Random parameters everywhere, so no head is close to an identity map."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in head.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-
-
 @pytest.fixture(scope="module")
 def backbone():
     from xpool.model.backbone import build_backbone
@@ -86,12 +74,17 @@ def _videos(n: int, seed: int, size: int = 32) -> torch.Tensor:
     return torch.randn(n, NUM_FRAMES, 3, size, size, generator=g)
 
 
+def _random_model(backbone, name: str, options: dict) -> tuple[torch.nn.Module, RetrievalModel]:
+    """The pooling head `name` with random weights, on the shared CLIP towers."""
+    head = build_pooling(name, backbone.embed_dim, **options)
+    random_weights(head)
+    return head, RetrievalModel(backbone, head).eval()
+
+
 def project_evaluation(backbone, name: str, options: dict, fast: bool) -> Evaluate:
     """This project's path: the CLIP towers embed (in batches), the similarity module scores,
     `xpool.evaluate.score` (fast) or the metrics module (plain) ranks."""
-    head = build_pooling(name, backbone.embed_dim, **options)
-    _random_weights(head)
-    model = RetrievalModel(backbone, head).eval()
+    head, model = _random_model(backbone, name, options)
     cpu = torch.device("cpu")
 
     def evaluate(texts, videos, labels):
@@ -209,9 +202,7 @@ def leaky_similarity(head: torch.nn.Module, t: torch.Tensor, e: torch.Tensor,
 
 
 def _leaky_evaluation(backbone, name: str, options: dict) -> Evaluate:
-    head = build_pooling(name, backbone.embed_dim, **options)
-    _random_weights(head)
-    model = RetrievalModel(backbone, head).eval()
+    head, model = _random_model(backbone, name, options)
     cpu = torch.device("cpu")
 
     def evaluate(texts, videos, labels):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from head_helpers import random_weights
 
 from xpool.errors import XPoolError
 from xpool.metrics import t2v_ranks, v2t_ranks
@@ -14,19 +15,6 @@ from xpool.model.pooling import build_pooling
 from xpool.similarity import plain_similarity_matrix, similarity_chunks, similarity_matrix
 
 D = 64
-
-
-def _random_weights(head: torch.nn.Module, seed: int = 0) -> None:
-    """Fully random parameters (not identity plus noise): Linear ~ N(0, 1/D), norms ~ N(1, .5)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in head.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
 
 
 def _inputs(num_texts=37, num_videos=23, num_frames=7, seed=1):
@@ -54,7 +42,7 @@ HEADS = [
 @pytest.mark.parametrize("chunk_size", [None, 2, 5, 64])
 def test_fast_equals_plain(name, options, chunk_size):
     head = build_pooling(name, D, **options)
-    _random_weights(head)
+    random_weights(head)
     t, e = _inputs()
     plain = plain_similarity_matrix(head, t, e, chunk_size=7)
     fast = similarity_matrix(head, t, e, chunk_size=chunk_size)
@@ -70,7 +58,7 @@ def test_fast_equals_plain(name, options, chunk_size):
 def test_xpool_plain_is_the_definition(num_heads):
     """plain_similarity_matrix is literally: forward, normalize, dot."""
     head = build_pooling("xpool", D, num_heads=num_heads)
-    _random_weights(head, seed=3)
+    random_weights(head, seed=3)
     head.eval()
     t, e = _inputs(9, 4, 3, seed=2)
     pooled = head(t, e)  # [V, T, D]
@@ -82,7 +70,7 @@ def test_xpool_plain_is_the_definition(num_heads):
 
 def test_eval_mode_and_state_restored():
     head = build_pooling("xpool", D, dropout=0.5)
-    _random_weights(head)
+    random_weights(head)
     head.train()
     t, e = _inputs(6, 5, 4)
     a = similarity_matrix(head, t, e)
@@ -94,7 +82,7 @@ def test_eval_mode_and_state_restored():
 
 def test_more_videos_than_texts_and_single_frame():
     head = build_pooling("xpool", D, num_heads=2)
-    _random_weights(head, seed=5)
+    random_weights(head, seed=5)
     t, e = _inputs(3, 40, 1)
     fast = similarity_matrix(head, t, e, chunk_size=2)
     plain = plain_similarity_matrix(head, t, e)
@@ -121,7 +109,7 @@ def test_bad_inputs():
 def test_xpool_fast_path_never_calls_forward(monkeypatch):
     """The fast path never pools per pair (no [V, T, D] tensor): the forward is not used."""
     head = build_pooling("xpool", D, num_heads=2)
-    _random_weights(head)
+    random_weights(head)
     t, e = _inputs(10, 8, 5)
     expected = plain_similarity_matrix(head, t, e)
 
@@ -152,7 +140,7 @@ def test_clip_like_inputs_near_identity_head():
 @pytest.mark.parametrize("name", ["xpool", "mean", "topk"])
 def test_chunks_reassemble_the_matrix(name):
     head = build_pooling(name, D, **({"k": 3} if name == "topk" else {}))
-    _random_weights(head)
+    random_weights(head)
     t, e = _inputs()
     chunks = list(similarity_chunks(head, t, e, chunk_size=10))
     assert [s0 for s0, _ in chunks] == [0, 10, 20, 30]
