@@ -27,6 +27,7 @@ from xpool.paths import resolve
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
+# The pooling heads, in the order tables list them (the one copy of these names).
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
 
 

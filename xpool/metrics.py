@@ -28,7 +28,15 @@ import torch
 
 from xpool.errors import XPoolError
 
+# The two retrieval directions, their dual-softmax columns, and all four as results carry them.
+DIRECTIONS = ("t2v", "v2t")
+DSL_DIRECTIONS = tuple(f"{d}_dsl" for d in DIRECTIONS)
+RESULT_DIRECTIONS = DIRECTIONS + DSL_DIRECTIONS
+
 __all__ = [
+    "DIRECTIONS",
+    "DSL_DIRECTIONS",
+    "RESULT_DIRECTIONS",
     "V2T_CONVENTIONS",
     "dual_softmax",
     "rank_metrics",
@@ -184,7 +192,7 @@ def dual_softmax(sims: Any, temperature: float = 100.0, direction: str = "t2v") 
     It uses the other queries of the test set, so it is a transductive trick: callers report it
     in separate columns. Returns the same type as the input (torch tensor or numpy array).
     """
-    if direction not in ("t2v", "v2t"):
+    if direction not in DIRECTIONS:
         raise XPoolError(f"direction must be 't2v' or 'v2t', got {direction!r}")
     axis = 0 if direction == "t2v" else 1
     if isinstance(sims, torch.Tensor):
