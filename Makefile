@@ -58,7 +58,7 @@ lab:  ## open JupyterLab on the notebooks with the xpool kernel (LAB_OPTS: extra
 	$(STUDY_ENV) $(VENV)/bin/jupyter lab --KernelManager.transport_encryption=required $(LAB_OPTS) notebooks/
 
 bench:  ## performance benchmarks (QUICK=1: under 2 minutes)
-	$(VENV)/bin/xpool bench $(if $(QUICK),--quick)
+	$(PY) -m bench.suite $(if $(QUICK),--quick)
 
 lock:  ## regenerate requirements.lock from the current .venv
 	@{ echo "# Exact versions of every package in a working environment (Python 3.11, x86_64)."; \

@@ -1,5 +1,7 @@
-"""Performance benchmarks: one script per stage, run by `xpool bench` / `make bench`.
+"""Performance benchmarks: one script per stage, run by ``python -m bench.suite`` (`make bench`,
+`xpool bench`).
 
-Each script is run as ``python -m bench.<name> [--quick]`` from the repository root and writes
-``<results>/<name>.json`` with :func:`bench.common.BenchReport`; see ``bench/common.py``.
+Each script is run as ``python -m bench.<name> [--quick]`` from the repository root (they import
+``bench.common``, so not as files) and writes ``<results>/<name>.json`` with
+:func:`bench.common.BenchReport`; see ``bench/common.py``.
 """

@@ -20,7 +20,7 @@ The JSON record (:class:`BenchReport`) each script writes to ``<results dir>/<na
       "notes": ["..."]
     }
 
-``xpool bench`` summarises every such file in ``README.md`` next to them: the headline rows and
+``bench/suite.py`` (``xpool bench``) summarises every such file in ``README.md`` next to them: the headline rows and
 the tables. Other fields are free. The results directory is ``results/bench`` (or
 ``results/bench/quick`` with ``--quick``) unless ``XPOOL_BENCH_DIR`` names another.
 """

@@ -26,12 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BenchReport,
     apply_threads,
     bench_parser,

@@ -7,7 +7,7 @@ values. Each round indexes the fixture videos from scratch (decode 12 uniform fr
 seconds for decoding and for encoding (timed separately), the whole index's seconds, the load
 average before and after, and the extrapolation to 1,000 videos (12,000 image passes).
 
-    python bench/index_vitb32.py [--rounds 2] [--threads 2]
+    python -m bench.index_vitb32 [--rounds 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make `xpool` importable from the repository
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:

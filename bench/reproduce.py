@@ -15,10 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import REPO_ROOT, BenchReport, bench_parser  # noqa: E402
+from bench.common import REPO_ROOT, BenchReport, bench_parser
 
 # Issue 18: the first embedded `make reproduce` within 5 minutes on 2 CPU cores; smoke within 3.
 BUDGET_S = {"embedded": 5 * 60, "smoke": 3 * 60}

@@ -1,7 +1,7 @@
 """Exact text-video similarity: the fast X-Pool path against the plain chunked computation.
 
 Usage: ``python -m bench.similarity [--quick] [--repeats N] [--threads N] [--device cpu|cuda] [--tf32]``
-(or ``python bench/similarity.py ...``). Writes ``similarity.json`` to ``results/bench`` (with
+from the repository root. Writes ``similarity.json`` to ``results/bench`` (with
 ``--quick``: ``results/bench/quick``; ``$XPOOL_BENCH_DIR`` or ``--out`` override), in the record
 format of ``bench/common.py``.
 
@@ -41,13 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import REPO_ROOT, BenchReport, apply_threads, bench_parser, proc_status_kb  # noqa: E402
+from bench.common import REPO_ROOT, BenchReport, apply_threads, bench_parser, proc_status_kb
 
 FRAMES, DIM = 12, 512
 FULL_SIZES = {"square": (1000, 1000), "msvd": (670, 27763)}  # (texts, videos), (videos, captions)
@@ -144,10 +140,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
     if not isolated:
         return measure(spec)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    # A fresh process per measurement, so its peak memory is this measurement's alone.
+    cmd = [sys.executable, "-m", "bench.similarity", "--child", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({spec['kind']}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,10 +1,12 @@
-"""`xpool bench` / `make bench`: run the scripts under `bench/` and summarise their results.
+"""The benchmark suite: run the scripts under `bench/` and summarise their results.
 
-Each benchmark runs in its own subprocess (``python -m bench.<name> [--quick]`` from the
-repository root), so one benchmark's threads, memory and imports never affect another's, and a
-crash or hang (timeout) is reported without stopping the rest. Every script writes
-``<dir>/<name>.json`` (see ``bench/common.py``); afterwards ``<dir>/README.md`` summarises every
-JSON in the folder, including ones from earlier runs (each section says when it was made).
+``python -m bench.suite [--quick] [--only NAME ...]`` from the repository root; `xpool bench` and
+`make bench` run it. Each benchmark runs in its own subprocess (``python -m bench.<name>
+[--quick]`` from the repository root), so one benchmark's threads, memory and imports never
+affect another's, and a crash or hang (timeout) is reported without stopping the rest. Every
+script writes ``<dir>/<name>.json`` (see ``bench/common.py``); afterwards ``<dir>/README.md``
+summarises every JSON in the folder, including ones from earlier runs (each section says when it
+was made).
 
 ``<dir>`` is ``results/bench`` for the full set and ``results/bench/quick`` for ``--quick``, so a
 quick check never overwrites the committed full results; ``XPOOL_BENCH_DIR`` overrides both.
@@ -12,54 +14,35 @@ quick check never overwrites the committed full results; ``XPOOL_BENCH_DIR`` ove
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import REPO_ROOT, RESULTS_ENV, markdown_table, results_dir
 from xpool.errors import XPoolError
+from xpool.io import atomic_write_text, read_json
 
-__all__ = ["BENCHMARKS", "available_benchmarks", "bench_common", "run_benchmarks", "write_summary"]
+__all__ = ["BENCHMARKS", "available_benchmarks", "main", "run_benchmarks", "write_summary"]
 
 # The suite, in run order (cheap ones first). Other `bench/*.py` scripts run after these.
 BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage")
-_NOT_BENCHMARKS = {"__init__", "common"}
+_NOT_BENCHMARKS = {"__init__", "common", "suite"}
+BENCH_DIR = REPO_ROOT / "bench"
 # Per-script wall-clock limits: a hang must not block the suite.
 QUICK_TIMEOUT_S = 300
 FULL_TIMEOUT_S = 3 * 3600
 
 
-def repo_root() -> Path:
-    """The source checkout that holds `bench/` (the parent of the `xpool` package)."""
-    return Path(__file__).resolve().parents[1]
-
-
-def _bench_dir(root: Path) -> Path:
-    bench = root / "bench"
-    if not (bench / "common.py").is_file():
-        raise XPoolError(f"no benchmark scripts at {bench}: `xpool bench` needs a source checkout "
-                         f"of the project (git clone + make setup)")
-    return bench
-
-
-def available_benchmarks(bench_dir: Path) -> list[str]:
+def available_benchmarks(bench_dir: Path = BENCH_DIR) -> list[str]:
     """Names of the benchmark scripts present: the known suite in order, then any others."""
     present = {p.stem for p in bench_dir.glob("*.py")
                if p.stem not in _NOT_BENCHMARKS and not p.stem.startswith("_")}
     return [n for n in BENCHMARKS if n in present] + sorted(present.difference(BENCHMARKS))
-
-
-def bench_common(root: Path | None = None) -> Any:
-    """`bench/common.py` as a module (the checkout's root goes on sys.path to import it)."""
-    root = root if root is not None else repo_root()
-    _bench_dir(root)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import bench.common
-
-    return bench.common
 
 
 def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
@@ -75,10 +58,7 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
         timeout_s: per-script limit (default 300 s quick, 3 h full).
         python: interpreter for the scripts (default: this one).
     """
-    root = repo_root()
-    bench_dir = _bench_dir(root)
-    common = bench_common(root)
-    present = available_benchmarks(bench_dir)
+    present = available_benchmarks()
     if only:
         unknown = [n for n in only if n not in present and n not in BENCHMARKS]
         if unknown:
@@ -88,9 +68,9 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
     else:
         names = present
         missing = [n for n in BENCHMARKS if n not in present]
-    out = Path(out_dir) if out_dir is not None else common.results_dir(quick)
+    out = Path(out_dir) if out_dir is not None else results_dir(quick)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, **{common.RESULTS_ENV: str(out.resolve())})
+    env = dict(os.environ, **{RESULTS_ENV: str(out.resolve())})
     limit = timeout_s if timeout_s is not None else (QUICK_TIMEOUT_S if quick else FULL_TIMEOUT_S)
 
     status: dict[str, dict[str, Any]] = {}
@@ -103,7 +83,7 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
         print(f"\n[bench] [{i}/{len(names)}] {name}: {' '.join(cmd[1:])}", flush=True)
         t, started = time.perf_counter(), time.time()
         try:
-            rc = subprocess.run(cmd, cwd=root, env=env, timeout=limit, check=False).returncode
+            rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, timeout=limit, check=False).returncode
             state = "ok" if rc == 0 else f"failed (exit code {rc})"
         except subprocess.TimeoutExpired:
             state = f"timed out after {limit:.0f} s"
@@ -111,7 +91,7 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
         result = out / f"{name}.json"
         if state == "ok" and (not result.is_file() or result.stat().st_mtime < started):
             # Not fatal (the script ran), but the summary will not show this run.
-            state = f"ok, but wrote no {name}.json here (it must honour ${common.RESULTS_ENV})"
+            state = f"ok, but wrote no {name}.json here (it must honour ${RESULTS_ENV})"
         status[name] = {"status": state, "seconds": round(seconds, 1)}
         print(f"[bench] {name}: {state} in {seconds:.1f} s", flush=True)
     total = time.perf_counter() - t_suite
@@ -130,8 +110,6 @@ def run_benchmarks(quick: bool = False, only: list[str] | None = None, *,
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    from xpool.io import read_json
-
     try:
         data = read_json(path)
     except (OSError, ValueError) as exc:
@@ -160,8 +138,8 @@ def _machine_line(m: dict[str, Any]) -> str:
             f"{m.get('torch_threads', '?')} threads")
 
 
-def _section(name: str, data: dict[str, Any], common: Any) -> list[str]:
-    md = common.markdown_table
+def _section(name: str, data: dict[str, Any]) -> list[str]:
+    md = markdown_table
     lines = [f"## {name}: {data.get('title', '')}".rstrip(": "), ""]
     meta = []
     if data.get("command"):
@@ -213,9 +191,6 @@ def write_summary(out: Path, status: dict[str, dict[str, Any]] | None = None, qu
     Files named ``*-quick.json`` (quick results written next to the full ones by a script that
     ignores ``XPOOL_BENCH_DIR``) are left out of the full summary.
     """
-    from xpool.io import atomic_write_text
-
-    common = bench_common()
     results = {p.stem: d for p in sorted(out.glob("*.json"))
                if (quick or not p.stem.endswith("-quick")) and (d := _load(p)) is not None}
     order = [n for n in BENCHMARKS if n in results] + sorted(set(results).difference(BENCHMARKS))
@@ -229,7 +204,7 @@ def write_summary(out: Path, status: dict[str, dict[str, Any]] | None = None, qu
     if status:
         rows = [[n, s["status"], s["seconds"]] for n, s in status.items()]
         total = f" ({total_s:.0f} s in all)" if total_s is not None else ""
-        lines += [f"Last run{total}:", "", common.markdown_table(["benchmark", "status", "seconds"], rows), ""]
+        lines += [f"Last run{total}:", "", markdown_table(["benchmark", "status", "seconds"], rows), ""]
     heads = []
     for n in order:
         for h in results[n].get("headline") or []:
@@ -238,9 +213,29 @@ def write_summary(out: Path, status: dict[str, dict[str, Any]] | None = None, qu
                               h.get("target") or "-", h.get("met")])
     if heads:
         lines += ["## Headline numbers", "",
-                  common.markdown_table(["benchmark", "metric", "value", "unit", "target", "met"], heads), ""]
+                  markdown_table(["benchmark", "metric", "value", "unit", "target", "met"], heads), ""]
     for n in order:
-        lines += _section(n, results[n], common)
+        lines += _section(n, results[n])
     if not results:
         lines += ["No results yet: run `make bench`.", ""]
     return atomic_write_text(out / "README.md", "\n".join(lines).rstrip() + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.suite``: run the suite; the exit code is 0 when every benchmark succeeded."""
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
+    parser.add_argument("--only", nargs="*", default=None, help="names of benchmarks to run")
+    args = parser.parse_args(argv)
+    try:
+        return run_benchmarks(quick=args.quick, only=args.only)
+    except XPoolError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     BenchReport,
     apply_threads,
     bench_parser,
     round_ratios,
     time_interleaved,
 )
+from xpool.config import POOLINGS
 
-POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
 # model key -> (profile whose recipe and sizes it uses, label)
 MODELS = {"smoke": ("smoke", "xpool-smoke"), "tiny": ("embedded", "xpool-tiny"),
           "vitb32": ("paper-msrvtt9k", "ViT-B/32")}

@@ -35,13 +35,9 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import BenchReport, apply_threads, bench_parser, proc_status_kb  # noqa: E402
+from bench.common import BenchReport, apply_threads, bench_parser, proc_status_kb
 
 DIM, SCENES_PER_VIDEO, FRAMES_PER_SCENE = 128, 3, 4
 FRAME_NOISE, TEXT_NOISE = 0.35, 0.25

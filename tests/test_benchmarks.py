@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from xpool.benchmarks import (
-    BENCHMARKS,
-    available_benchmarks,
-    bench_common,
-    repo_root,
-    run_benchmarks,
-    write_summary,
-)
+from bench import common
+from bench.decode import frames_to_decode
+from bench.reproduce import latest_runs
+from bench.reproduce import main as reproduce_main
+from bench.suite import BENCHMARKS, available_benchmarks, run_benchmarks, write_summary
 from xpool.errors import XPoolError
 
-common = bench_common()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_time_interleaved_alternates_order_and_counts_calls() -> None:
@@ -82,8 +82,9 @@ def test_summary_covers_every_json_including_foreign_ones(tmp_path: Path) -> Non
 
 
 def test_available_benchmarks_lists_the_suite_in_order() -> None:
-    names = available_benchmarks(repo_root() / "bench")
-    assert "common" not in names and "__init__" not in names
+    names = available_benchmarks(ROOT / "bench")
+    assert names == available_benchmarks()
+    assert "common" not in names and "__init__" not in names and "suite" not in names
     mine = [n for n in ("reproduce", "decode", "dataloader", "train_step") if n in BENCHMARKS]
     assert [n for n in names if n in mine] == mine
 
@@ -91,6 +92,25 @@ def test_available_benchmarks_lists_the_suite_in_order() -> None:
 def test_unknown_benchmark_name_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(XPoolError, match="unknown benchmark"):
         run_benchmarks(quick=True, only=["no_such_bench"], out_dir=tmp_path)
+
+
+def _xpool_bench(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XPOOL_ROOT": str(root)}
+    return subprocess.run([sys.executable, "-m", "xpool.cli", "bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_xpool_bench_runs_the_suite_and_passes_its_options_and_exit_code() -> None:
+    res = _xpool_bench("--quick", "--only", "no_such_bench")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "unknown benchmark(s) ['no_such_bench']" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_xpool_bench_without_the_bench_folder_is_a_clear_error(tmp_path: Path) -> None:
+    res = _xpool_bench("--quick", root=tmp_path)  # an installed package: no bench/ at its root
+    assert res.returncode == 2
+    assert "no benchmark suite at" in res.stderr and "source checkout" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 @pytest.mark.slow
@@ -105,8 +125,6 @@ def test_run_benchmarks_runs_a_script_in_a_subprocess(tmp_path: Path) -> None:
 
 
 def test_frames_to_decode_counts_seek_loop_and_forward_pass() -> None:
-    from bench.decode import frames_to_decode
-
     # Keyframes at 0 and 10; targets 2, 5, 12. Seek loop: 0..2, 0..5, 10..12 = 3 + 6 + 3.
     # Forward: 0..2, 3..5, then jump to keyframe 10: 10..12 = 3 + 3 + 3.
     assert frames_to_decode([0, 10], [2, 5, 12]) == {"seek_loop": 12, "forward": 9}
@@ -115,8 +133,6 @@ def test_frames_to_decode_counts_seek_loop_and_forward_pass() -> None:
 
 
 def test_reproduce_bench_reads_first_and_cached_runs(tmp_path: Path) -> None:
-    from bench.reproduce import latest_runs, main
-
     def entry(kind: str, wall: float, status: str = "ok") -> dict:
         return {"kind": kind, "wall_time_s": wall, "status": status, "finished_at": "t",
                 "runs_before": 0, "runs_after": 5, "notebook_seconds": {"01_msrvtt_9k": wall / 2}}
@@ -125,7 +141,7 @@ def test_reproduce_bench_reads_first_and_cached_runs(tmp_path: Path) -> None:
     assert {k: e["wall_time_s"] for k, e in latest_runs(record).items()} == {"first": 600.0, "cached": 30.0}
     path = tmp_path / "reproduce_record.json"
     path.write_text(json.dumps(record))
-    assert main(["--record", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert reproduce_main(["--record", str(path), "--out", str(tmp_path / "out")]) == 0
     data = json.loads((tmp_path / "out" / "reproduce.json").read_text())
     first, cached = data["headline"]
     assert first["value"] == 600.0 and first["target"] == "<= 5 min" and first["met"] is False

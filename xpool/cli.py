@@ -7,10 +7,12 @@ is instant.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 
 from xpool.errors import XPoolError
+from xpool.paths import project_root
 
 PROFILE_HELP = "a profile name from xpool/profiles/ (e.g. smoke, embedded, paper-msrvtt9k) or a YAML path"
 OVERRIDE_HELP = "dotted key=value overrides, e.g. train.epochs=1 model.pooling=mean"
@@ -143,9 +145,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from xpool.benchmarks import run_benchmarks
-
-    return run_benchmarks(quick=args.quick, only=args.only)
+    # The suite lives in the repository's bench/, outside the package (which never imports it):
+    # run it as its own process from the project root, with this interpreter.
+    root = project_root()
+    if not (root / "bench" / "suite.py").is_file():
+        raise XPoolError(f"no benchmark suite at {root / 'bench'}: `xpool bench` needs a source "
+                         f"checkout of the project (git clone + make setup); an installed package "
+                         f"has no bench/ folder")
+    cmd = [sys.executable, "-m", "bench.suite", *(["--quick"] if args.quick else []),
+           *(["--only", *args.only] if args.only is not None else [])]
+    with subprocess.Popen(cmd, cwd=root) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The Ctrl-C reached the suite too (same process group): it stops and reports itself.
+            return proc.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:
