@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xpool.config import POOLINGS
 from xpool.errors import XPoolError
 from xpool.model.pooling import (
-    POOLING_NAMES,
     XPool,
     build_pooling,
     convert_authors_xpool_state_dict,
@@ -31,7 +31,7 @@ def _randomize(module: torch.nn.Module, seed: int = 1) -> None:
             p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
-@pytest.mark.parametrize("name", POOLING_NAMES)
+@pytest.mark.parametrize("name", POOLINGS)
 def test_shapes_and_kind(name, inputs):
     t, e = inputs
     head = build_pooling(name, D, **({"num_heads": 4} if name == "self_attention" else {}))

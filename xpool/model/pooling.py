@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xpool.config import POOLINGS
 from xpool.errors import XPoolError
 
 __all__ = [
-    "POOLING_NAMES",
     "AttentionPooling",
     "MeanPooling",
     "SelfAttentionPooling",
@@ -36,9 +36,6 @@ __all__ = [
     "build_pooling",
     "convert_authors_xpool_state_dict",
 ]
-
-POOLING_NAMES = ("mean", "self_attention", "topk", "attention", "xpool")
-
 
 def _check_inputs(text_embeds: Tensor, frame_embeds: Tensor, embed_dim: int) -> None:
     if text_embeds.dim() != 2 or text_embeds.shape[-1] != embed_dim:
@@ -51,6 +48,14 @@ def _check_inputs(text_embeds: Tensor, frame_embeds: Tensor, embed_dim: int) -> 
         )
     if frame_embeds.shape[1] == 0:
         raise XPoolError("frame_embeds has no frames (F = 0)")
+
+
+def _normalized_inputs(text_embeds: Tensor, frame_embeds: Tensor,
+                       embed_dim: int) -> tuple[Tensor, Tensor]:
+    """Checked inputs, L2-normalized: text [T, D] and frames [V, F, D] (the parameter-free
+    text-conditioned heads work on unit vectors)."""
+    _check_inputs(text_embeds, frame_embeds, embed_dim)
+    return F.normalize(text_embeds, dim=-1), F.normalize(frame_embeds, dim=-1)
 
 
 class MeanPooling(nn.Module):
@@ -228,9 +233,7 @@ class TopKPooling(nn.Module):
         self.k = int(k)
 
     def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
-        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
-        t = F.normalize(text_embeds, dim=-1)
-        e = F.normalize(frame_embeds, dim=-1)
+        t, e = _normalized_inputs(text_embeds, frame_embeds, self.embed_dim)
         k = min(self.k, e.shape[1])
         sims = torch.einsum("vfd,td->vtf", e, t)
         idx = sims.topk(k, dim=-1).indices  # [V, T, k]
@@ -260,9 +263,7 @@ class AttentionPooling(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, text_embeds: Tensor, frame_embeds: Tensor) -> Tensor:
-        _check_inputs(text_embeds, frame_embeds, self.embed_dim)
-        t = F.normalize(text_embeds, dim=-1)
-        e = F.normalize(frame_embeds, dim=-1)
+        t, e = _normalized_inputs(text_embeds, frame_embeds, self.embed_dim)
         weights = torch.softmax(torch.einsum("vfd,td->vtf", e, t) / self.temperature, dim=-1)
         return torch.bmm(weights, e)
 
@@ -397,7 +398,7 @@ _POOLING_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def build_pooling(name: str, embed_dim: int, **options: Any) -> nn.Module:
-    """Build a pooling head by name (one of ``POOLING_NAMES``) with its options.
+    """Build a pooling head by name (one of ``xpool.config.POOLINGS``) with its options.
 
     Options: ``xpool``: num_heads=1, dropout=0.3, residual=True; ``self_attention``:
     num_layers=4, num_heads=8, max_frames=77; ``topk``: k=3; ``attention``:
@@ -407,7 +408,7 @@ def build_pooling(name: str, embed_dim: int, **options: Any) -> nn.Module:
         XPoolError: for an unknown name or option (naming the valid ones).
     """
     if name not in _POOLING_CLASSES:
-        raise XPoolError(f"unknown pooling {name!r}; valid names: {', '.join(POOLING_NAMES)}")
+        raise XPoolError(f"unknown pooling {name!r}; valid names: {', '.join(POOLINGS)}")
     valid = _POOLING_OPTIONS[name]
     unknown = sorted(set(options) - set(valid))
     if unknown:
