@@ -348,7 +348,8 @@ def test_kernels_start_without_the_transport_warning(tmp_path):
                                  "language": "python"}
     nbformat.write(nb, tmp_path / "a.ipynb")
     # The kernel writes its start-up log to the stderr it inherits: run in a child to read it.
-    code = (f"from xpool.reproduce import _execute; print(_execute({str(tmp_path / 'a.ipynb')!r}, "
+    code = (f"from xpool.notebook_exec import run_notebook; "
+            f"print(run_notebook({str(tmp_path / 'a.ipynb')!r}, "
             f"{str(tmp_path / 'b.ipynb')!r}, {{}}, 'xpool', {str(tmp_path)!r}))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)

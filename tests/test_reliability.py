@@ -508,8 +508,8 @@ def test_reproduce_stops_quietly_on_ctrl_c(workdir, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     lines: list[str] = []
-    real_execute = rp._execute
-    monkeypatch.setattr(rp, "_execute", interrupted)
+    real_execute = rp.run_notebook
+    monkeypatch.setattr(rp, "run_notebook", interrupted)
     code = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=ROOT / "notebooks",
                         only=["05_pooling_ablation"], log=lines.append)
     assert code == 130 and any("interrupted during 05_pooling_ablation" in x for x in lines)

@@ -19,32 +19,46 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from xpool.config import Config, load_config
+from xpool.determinism import STUDY_ISA, cap_cpu_isa
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
+from xpool.notebook_exec import INTERRUPTED, run_notebook
+from xpool.report import build_report
 from xpool.runs import LOCAL_MARKER, cpu_model
+
+# The modules that load torch (the study, the synthetic corpus, pretraining) are imported inside
+# the functions that need them: torch must load only after `_cpu_caps` has capped its CPU kernels.
+# So is the reproduction check (pandas), to keep `import xpool.reproduce` instant.
 
 KERNEL = "xpool"
 # Parallel notebook executions in figures-only mode (read-only, so they cannot collide).
 FIGURES_WORKERS = 2
-NOTEBOOKS = (
-    "01_msrvtt_9k",
-    "02_msrvtt_7k",
-    "03_msvd",
-    "04_lsmdc",
-    "05_pooling_ablation",
-    "06_subregion_study",
-    "07_figures",
-    "08_explore",
-    "09_authors_checkpoints",
-    "10_protocol",
-)
+# The study's notebooks in run order, each with its phase. "runs": the notebooks that train (or,
+# figures-only, read) the study's runs and write its tables; "figures": the read-only notebooks
+# after them (07 and 08 read those tables). Only figures-only mode runs a phase's notebooks in
+# parallel (see `_phases`); otherwise every notebook runs on its own, in this order.
+Phase = Literal["runs", "figures"]
+PHASES: tuple[Phase, ...] = ("runs", "figures")
+NOTEBOOKS: dict[str, Phase] = {
+    "01_msrvtt_9k": "runs",
+    "02_msrvtt_7k": "runs",
+    "03_msvd": "runs",
+    "04_lsmdc": "runs",
+    "05_pooling_ablation": "runs",
+    "06_subregion_study": "runs",
+    "07_figures": "figures",
+    "08_explore": "figures",
+    "09_authors_checkpoints": "figures",
+    "10_protocol": "figures",
+}
 # The authors' released checkpoints exist for the real corpora; the smoke profile runs the
 # notebook on a random model converted to their format (a plumbing check), other synthetic
 # profiles skip it.
@@ -99,7 +113,7 @@ def notebooks_for(cfg: Config) -> list[str]:
         return list(PROFILE_NOTEBOOKS[name])
     if cfg.data.corpus == "synthetic":
         return [n for n in NOTEBOOKS if n != AUTHORS_NOTEBOOK or name == "smoke"]
-    from xpool.study import dataset_key
+    from xpool.study import dataset_key  # inside: see the note on imports at the top
 
     key = dataset_key(cfg)
     if key not in DATASET_NOTEBOOK:
@@ -136,8 +150,6 @@ def _cpu_caps(cfg: Config, log: Callable[[str], None]) -> str:
     """Cap torch's CPU kernels where bit-identity is promised (synthetic-corpus profiles), unless
     XPOOL_CPU_ISA says otherwise; the kernels this process and the notebooks inherit it. Returns
     the line saying what applies (also recorded in every run's environment.json)."""
-    from xpool.determinism import STUDY_ISA, cap_cpu_isa
-
     isa = os.environ.get("XPOOL_CPU_ISA", "").strip().lower()
     if not isa and cfg.data.corpus == "synthetic":
         isa = STUDY_ISA
@@ -154,93 +166,6 @@ def _cpu_caps(cfg: Config, log: Callable[[str], None]) -> str:
 
 def _count_finished(runs_dir: Path) -> int:
     return sum(1 for _ in runs_dir.glob("*/metrics.json")) if runs_dir.is_dir() else 0
-
-
-def _cell_of(error: Exception) -> str:
-    index = getattr(error, "cell_index", None)
-    count = getattr(error, "exec_count", None)
-    where = f"cell {index}" if index is not None else "an unknown cell"
-    if count is not None:
-        where += f" (execution count {count})"
-    ename = getattr(error, "ename", type(error).__name__)
-    evalue = getattr(error, "evalue", str(error))
-    return f"{where}: {ename}: {evalue}"
-
-
-def _execute(src: str, dst: str, params: dict[str, Any], kernel: str,
-             cwd: str) -> tuple[float, str | None]:
-    """Execute one notebook with papermill: (seconds, None) or (seconds, what failed where).
-
-    Top-level and returning plain strings so it also runs in a worker process.
-    """
-    import papermill as pm
-
-    t = time.time()
-    try:
-        with _quiet_kernel_shutdown():
-            return _run_notebook(pm, src, dst, params, kernel, cwd, t)
-    except KeyboardInterrupt:
-        return round(time.time() - t, 1), INTERRUPTED
-    except Exception as e:
-        if _interrupted(e):  # the kernel's channels failing while a Ctrl-C shuts it down
-            return round(time.time() - t, 1), INTERRUPTED
-        raise
-
-
-INTERRUPTED = "interrupted"
-
-
-def _interrupted(error: BaseException | None) -> bool:
-    """Whether `error` was raised while handling a KeyboardInterrupt (anywhere in its chain)."""
-    seen = 0
-    while error is not None and seen < 20:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        error, seen = error.__context__ or error.__cause__, seen + 1
-    return False
-
-
-@contextmanager
-def _quiet_kernel_shutdown() -> Iterator[None]:
-    """Keep a Ctrl-C from printing the kernel client's teardown tracebacks (ZMQError from its
-    closed sockets): the interrupt itself is reported in one line by `reproduce`."""
-    import logging
-
-    names = ("traitlets", "asyncio", "papermill", "nbclient", "jupyter_client")
-    try:
-        yield
-    except KeyboardInterrupt:
-        # The process is stopping: the teardown noise of the kernel's sockets is not news.
-        for n in names:
-            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
-        raise
-
-
-def _run_notebook(pm: Any, src: str, dst: str, params: dict[str, Any], kernel: str, cwd: str,
-                  t: float) -> tuple[float, str | None]:
-    try:
-        try:
-            # Only what the notebook declares (papermill would inject the rest with a warning).
-            declared = pm.inspect_notebook(src)
-            params = {k: v for k, v in params.items() if k in declared}
-        except ValueError:
-            pass  # no kernelspec in the notebook's metadata: papermill cannot inspect it
-        from xpool.kernel import EncryptedKernelManager
-
-        # Curve-encrypted kernel transport: no "running over TCP without encryption" warning.
-        pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=cwd,
-                            progress_bar=False, log_output=False,
-                            kernel_manager_class=EncryptedKernelManager)
-    except pm.PapermillExecutionError as e:
-        if e.ename == "KeyboardInterrupt":
-            return round(time.time() - t, 1), INTERRUPTED
-        return round(time.time() - t, 1), f"failed in {_cell_of(e)}"
-    except Exception as e:  # no kernel, unreadable notebook: still name the notebook
-        if _interrupted(e):
-            raise
-        hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
-        return round(time.time() - t, 1), f"could not run: {type(e).__name__}: {e}{hint}"
-    return round(time.time() - t, 1), None
 
 
 def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool = False,
@@ -260,19 +185,10 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
     if not nb_dir.is_dir():
         raise XPoolError(f"no notebooks folder at {nb_dir.resolve()}: run `xpool reproduce` from "
                          f"the repository root")
-    names = notebooks_for(cfg)
-    if only:
-        unknown = sorted(set(only) - set(NOTEBOOKS))
-        if unknown:
-            raise ConfigError(f"unknown notebooks {unknown}; valid: {list(NOTEBOOKS)}")
-        names = [n for n in names if n in only]
+    names = _plan(cfg, only)
     runs_dir = out / "runs"
-    if fresh and runs_dir.is_dir():
-        # The records stay (they are the committed reference until overwritten); without their
-        # markers every run counts as not trained here and is trained again.
-        log(f"[reproduce] FRESH: every run under {runs_dir} is trained again")
-        for marker in runs_dir.glob(f"*/{LOCAL_MARKER}"):
-            marker.unlink()
+    if fresh:
+        _forget_local_runs(runs_dir, log)
     runs_before = _count_trained_here(runs_dir)
     mode = "figures-only" if figures_only else ("fresh" if fresh else "normal")
     log(f"[reproduce] profile {cfg.profile}: {len(names)} notebooks ({mode}), "
@@ -284,100 +200,209 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
 
     t0 = time.time()
     cpu0 = _cpu_seconds()
-    timings: dict[str, float] = {}
-    cpu_times: dict[str, float] = {}
     load_before = _load_average()
-    status = 0
-    failure: str | None = None
+    tally = _Tally()
     if cfg.data.corpus == "synthetic":
-        # Corpus and tiny-CLIP pretraining first, so their (one-off) cost shows on its own line.
-        # Figures-only needs no model, but it does need the corpus (seconds to generate): the
-        # figures show its decoded frames, and the MSVD stand-in's note counts its captions.
-        from xpool.data.synthetic import ensure_corpus
-        from xpool.pretrain import ensure_pretrained
+        _prepare_synthetic(cfg, figures_only, tally, log)
+    jobs = _jobs(names, nb_dir, out, profile, figures_only, parameters, kernel)
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    again = f"xpool reproduce {profile}" + (" --figures-only" if figures_only else "")
+    _run_notebooks(_phases(jobs, figures_only), len(names), tally, out, again, log)
+    wall = round(time.time() - t0, 1)
+    runs_after = _count_trained_here(runs_dir)
+    entry = _record_entry(cfg, mode, tally, figures_only=figures_only, wall=wall,
+                          cpu_total=round(_cpu_seconds() - cpu0, 1), runs_before=runs_before,
+                          runs_after=runs_after, load_before=load_before,
+                          check=_check(out, log) if tally.status == 0 else None)
+    _write_record(out / "reproduce_record.json", entry)
+    if tally.status == 0:
+        _summary(out, wall, runs_before, runs_after, log)
+        build_report(out, log=log)  # results/<profile>/report/index.html
+    return tally.status
 
-        t = time.time()
-        log("[reproduce] synthetic corpus" + ("" if figures_only else " and tiny-CLIP pretraining")
-            + " (cached after the first run)")
-        c = _cpu_seconds()
-        ensure_corpus(cfg)
-        if cfg.model.pretrained == "synthetic" and not figures_only:
-            ensure_pretrained(cfg)
-        timings["prepare"] = round(time.time() - t, 1)
-        cpu_times["prepare"] = round(_cpu_seconds() - c, 1)
-        log(f"[reproduce] prepared in {timings['prepare']:.1f} s")
+
+class _Job(NamedTuple):
+    """One notebook to execute: its name and the arguments of `run_notebook`."""
+
+    name: str
+    src: str
+    dst: str
+    params: dict[str, Any]
+    kernel: str
+    cwd: str
+
+
+@dataclass
+class _Tally:
+    """What a reproduction did: seconds and CPU seconds per step, exit status, first failure."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    cpu_times: dict[str, float] = field(default_factory=dict)
+    status: int = 0
+    failure: str | None = None
+
+
+def _plan(cfg: Config, only: list[str] | None) -> list[str]:
+    """The notebooks to run, in order: those that apply to the profile (or `only` those)."""
+    names = notebooks_for(cfg)
+    if only:
+        unknown = sorted(set(only) - set(NOTEBOOKS))
+        if unknown:
+            raise ConfigError(f"unknown notebooks {unknown}; valid: {list(NOTEBOOKS)}")
+        names = [n for n in names if n in only]
+    return names
+
+
+def _forget_local_runs(runs_dir: Path, log: Callable[[str], None]) -> None:
+    """`fresh`: the records stay (they are the committed reference until overwritten); without
+    their markers every run counts as not trained here and is trained again."""
+    if not runs_dir.is_dir():
+        return
+    log(f"[reproduce] FRESH: every run under {runs_dir} is trained again")
+    for marker in runs_dir.glob(f"*/{LOCAL_MARKER}"):
+        marker.unlink()
+
+
+def _prepare_synthetic(cfg: Config, figures_only: bool, tally: _Tally,
+                       log: Callable[[str], None]) -> None:
+    """Corpus and tiny-CLIP pretraining first, so their (one-off) cost shows on its own line.
+
+    Figures-only needs no model, but it does need the corpus (seconds to generate): the figures
+    show its decoded frames, and the MSVD stand-in's note counts its captions.
+    """
+    # Inside: they load torch, which must come after `_cpu_caps` (see the note at the top).
+    from xpool.data.synthetic import ensure_corpus
+    from xpool.pretrain import ensure_pretrained
+
+    t = time.time()
+    log("[reproduce] synthetic corpus" + ("" if figures_only else " and tiny-CLIP pretraining")
+        + " (cached after the first run)")
+    c = _cpu_seconds()
+    ensure_corpus(cfg)
+    if cfg.model.pretrained == "synthetic" and not figures_only:
+        ensure_pretrained(cfg)
+    tally.timings["prepare"] = round(time.time() - t, 1)
+    tally.cpu_times["prepare"] = round(_cpu_seconds() - c, 1)
+    log(f"[reproduce] prepared in {tally.timings['prepare']:.1f} s")
+
+
+def _jobs(names: list[str], nb_dir: Path, out: Path, profile: str, figures_only: bool,
+          parameters: Mapping[str, Any] | None, kernel: str) -> list[_Job]:
+    """One job per notebook: its source, its executed copy and its parameters."""
     jobs = []
     for name in names:
-        src = nb_dir / f"{name}.ipynb"
         params = {"profile": profile, "output_dir": str(out), "figures_only": figures_only,
                   **notebook_parameters(profile, name), **dict(parameters or {})}
-        jobs.append((name, str(src), str(out / "notebooks" / f"{name}.ipynb"), params, kernel,
-                     str(Path.cwd())))
-    (out / "notebooks").mkdir(parents=True, exist_ok=True)
-    # Training notebooks share runs, so they run one after the other. Read-only (figures-only)
-    # notebooks are independent within a phase (07 and 08 read the tables 01-06 write) and run
-    # two at a time.
-    phases = ([[j for j in jobs if j[0] < "07"], [j for j in jobs if j[0] >= "07"]]
-              if figures_only else [[j] for j in jobs])
+        jobs.append(_Job(name, str(nb_dir / f"{name}.ipynb"),
+                         str(out / "notebooks" / f"{name}.ipynb"), params, kernel,
+                         str(Path.cwd())))
+    return jobs
+
+
+def _phases(jobs: list[_Job], figures_only: bool) -> list[list[_Job]]:
+    """The groups of jobs that run together, in order.
+
+    Training notebooks share runs, so they run one after the other. Read-only (figures-only)
+    notebooks are independent within a phase (07 and 08 read the tables 01-06 write) and run
+    two at a time.
+    """
+    if not figures_only:
+        return [[job] for job in jobs]
+    return [[job for job in jobs if NOTEBOOKS[job.name] == phase] for phase in PHASES]
+
+
+def _run_notebooks(phases: list[list[_Job]], total: int, tally: _Tally, out: Path, again: str,
+                   log: Callable[[str], None]) -> None:
+    """Run the phases in order until one fails or is interrupted (`again`: the command that
+    continues after an interrupt)."""
     done = 0
     for phase in phases:
         if not phase:
             continue
-        for k, (name, *_) in enumerate(phase):
-            log(f"[reproduce] [{done + k + 1}/{len(names)}] {name} ...")
+        for k, job in enumerate(phase):
+            log(f"[reproduce] [{done + k + 1}/{total}] {job.name} ...")
         c = _cpu_seconds()
         try:
             outcomes = _run_phase(phase)
         except KeyboardInterrupt:
-            outcomes = [(phase[0][0], 0.0, INTERRUPTED)]
+            outcomes = [(phase[0].name, 0.0, INTERRUPTED)]
         if len(phase) == 1:
-            cpu_times[phase[0][0]] = round(_cpu_seconds() - c, 1)
-        for name, seconds, error in outcomes:
-            done += 1
-            timings[name] = seconds
-            if error == INTERRUPTED:
-                failure = f"interrupted during notebook {name}"
-                again = f"xpool reproduce {profile}" + (" --figures-only" if figures_only else "")
-                log(f"[reproduce] interrupted during {name}; finished runs are kept: rerun "
-                    f"`{again}` to continue where it stopped")
-                status = 130
-                break
-            if error and failure is None:
-                failure = f"notebook {name} {error}"
-                log(f"[reproduce] FAILED: {failure}")
-                log(f"[reproduce] the executed copy with the error: "
-                    f"{out / 'notebooks' / (name + '.ipynb')}")
-                status = 1
-            elif not error:
-                log(f"[reproduce] [{done}/{len(names)}] {name} done in {seconds:.1f} s")
-        if failure:
+            tally.cpu_times[phase[0].name] = round(_cpu_seconds() - c, 1)
+        _tally_phase(outcomes, done, total, tally, out, again, log)
+        done += len(outcomes)
+        if tally.failure:
             break
-    wall = round(time.time() - t0, 1)
-    cpu_total = round(_cpu_seconds() - cpu0, 1)
-    runs_after = _count_trained_here(runs_dir)
-    check = None
-    if status == 0:
-        from xpool.reproduction_check import CHECK_FILE, reproduction_check
 
-        report, all_equal = reproduction_check(out)
-        log("")
-        log(report)
-        log(f"[reproduce] reproduction check written to {out / CHECK_FILE}")
-        check = {"all_equal": all_equal}
-    entry = {
+
+def _tally_phase(outcomes: list[tuple[str, float, str | None]], done: int, total: int,
+                 tally: _Tally, out: Path, again: str, log: Callable[[str], None]) -> None:
+    """Log a phase's outcomes and record them; the first failure or an interrupt sets the
+    status (an interrupt stops reading the rest)."""
+    for i, (name, seconds, error) in enumerate(outcomes, done + 1):
+        tally.timings[name] = seconds
+        if error == INTERRUPTED:
+            tally.failure = f"interrupted during notebook {name}"
+            log(f"[reproduce] interrupted during {name}; finished runs are kept: rerun "
+                f"`{again}` to continue where it stopped")
+            tally.status = 130
+            return
+        if error and tally.failure is None:
+            tally.failure = f"notebook {name} {error}"
+            log(f"[reproduce] FAILED: {tally.failure}")
+            log(f"[reproduce] the executed copy with the error: "
+                f"{out / 'notebooks' / (name + '.ipynb')}")
+            tally.status = 1
+        elif not error:
+            log(f"[reproduce] [{i}/{total}] {name} done in {seconds:.1f} s")
+
+
+def _run_phase(phase: list[_Job]) -> list[tuple[str, float, str | None]]:
+    """Execute a phase's notebooks: in this process when alone, else in worker processes."""
+    if len(phase) == 1:
+        job = phase[0]
+        return [(job.name, *run_notebook(job.src, job.dst, job.params, job.kernel, job.cwd))]
+    pool = ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase)))
+    try:
+        futures = [(j.name, pool.submit(run_notebook, j.src, j.dst, j.params, j.kernel, j.cwd))
+                   for j in phase]
+        return [(n, *f.result()) for n, f in futures]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _check(out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The reproduction check against the committed results, logged and written to a file."""
+    from xpool.reproduction_check import CHECK_FILE, reproduction_check  # pandas: see the top
+
+    report, all_equal = reproduction_check(out)
+    log("")
+    log(report)
+    log(f"[reproduce] reproduction check written to {out / CHECK_FILE}")
+    return {"all_equal": all_equal}
+
+
+def _record_entry(cfg: Config, mode: str, tally: _Tally, *, figures_only: bool, wall: float,
+                  cpu_total: float, runs_before: int, runs_after: int,
+                  load_before: list[float] | None, check: dict[str, Any] | None) -> dict[str, Any]:
+    """This reproduction's entry in `reproduce_record.json`."""
+    status = {0: "ok", 130: "interrupted"}.get(tally.status, "failed")
+    return {
         "profile": cfg.profile,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": mode,
-        "status": "ok" if status == 0 else "failed",
-        "failure": failure,
+        "status": status,
+        "failure": tally.failure,
         "wall_time_s": wall,
-        "notebook_seconds": timings,
+        "notebook_seconds": tally.timings,
         "runs_before": runs_before,
         "runs_after": runs_after,
         # CPU seconds of this process and its notebook kernels (and their workers): on a shared
         # machine wall time alone says little about where the time goes.
         "cpu_time_s": cpu_total,
-        "notebook_cpu_seconds": cpu_times,
+        "notebook_cpu_seconds": tally.cpu_times,
         "load_average_before": load_before,
         "load_average_after": _load_average(),
         "cpu": cpu_model(),
@@ -388,32 +413,6 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
                  else "cached" if runs_after == runs_before else "partial"),
         "python": sys.version.split()[0],
     }
-    if status == 130:
-        entry["status"] = "interrupted"
-    _write_record(out / "reproduce_record.json", entry)
-    if status == 0:
-        _summary(out, wall, runs_before, runs_after, log)
-        from xpool.report import build_report
-
-        build_report(out, log=log)  # results/<profile>/report/index.html
-    return status
-
-
-def _run_phase(phase: list[tuple]) -> list[tuple[str, float, str | None]]:
-    """Execute a phase's notebooks: in this process when alone, else in worker processes."""
-    if len(phase) == 1:
-        return [(phase[0][0], *_execute(*phase[0][1:]))]
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase)))
-    try:
-        futures = [(j[0], pool.submit(_execute, *j[1:])) for j in phase]
-        return [(n, *f.result()) for n, f in futures]
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
 
 
 def _write_record(path: Path, entry: dict[str, Any]) -> None:
