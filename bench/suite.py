@@ -31,7 +31,8 @@ __all__ = ["BENCHMARKS", "available_benchmarks", "main", "run_benchmarks", "writ
 
 # The suite, in run order (cheap ones first). Other `bench/*.py` scripts run after these.
 BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage")
-_NOT_BENCHMARKS = {"__init__", "common", "suite"}
+# index_vitb32 is a one-off measurement (no --quick, no JSON), run by hand; not part of the suite.
+_NOT_BENCHMARKS = {"__init__", "common", "suite", "index_vitb32"}
 BENCH_DIR = REPO_ROOT / "bench"
 # Per-script wall-clock limits: a hang must not block the suite.
 QUICK_TIMEOUT_S = 300
