@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see xpool/__init__.py
-os.environ.setdefault("XPOOL_HEAD_WORKERS", "1")  # see xpool/study.py (tests pass workers=2)
+os.environ.setdefault("XPOOL_HEAD_WORKERS", "1")  # see xpool/study/runner.py (tests pass workers=2)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

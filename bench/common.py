@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xpool import reporting
 from xpool.io import write_json
 from xpool.runs import environment_info
 
@@ -203,14 +204,9 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table (it reads fine in a terminal too); '|' in cells is escaped."""
-    columns = [str(c).replace("|", "\\|") for c in columns]
-    cells = [[fmt(c).replace("|", "\\|") for c in row] for row in rows]
-    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-    line = "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
-    return "\n".join([line, rule, *body])
+    """The benchmarks' table: xpool.reporting's writer with cells in :func:`fmt`, columns padded
+    (it reads fine in a terminal too) and no trailing newline."""
+    return reporting.markdown_table(columns, rows, aligned=True, cell=fmt).removesuffix("\n")
 
 
 # ----------------------------------------------------------------------------- the record

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from xpool import protocol as xp
+from xpool import study as xs
 from xpool.config import load_config
 from xpool.errors import ConfigError, XPoolError
 from xpool.metrics import rank_metrics
@@ -174,15 +175,15 @@ def test_overrides_and_descriptions():
     # MSVD has its own validation split: nothing held out
     assert "data.val_videos" not in xp.protocol_overrides(load_config("paper-msvd"), "xpool",
                                                           "val", None, 1000)
-    assert xp.describe_selection(emb, 9) == (
+    assert xs.describe_selection(emb, 9) == (
         "checkpoint: best single test evaluation of 9 evaluations (chosen on the test split)")
     w = load_config("embedded", {"train.selection_window": 5})
-    assert "over 5 consecutive evaluations" in xp.describe_selection(w)
-    assert "authors'" in xp.describe_selection(w)
+    assert "over 5 consecutive evaluations" in xs.describe_selection(w)
+    assert "authors'" in xs.describe_selection(w)
     v = load_config("embedded", {"train.selection": "val", "data.val_videos": 50})
-    assert xp.describe_selection(v) == ("checkpoint: best single evaluation on 50 training videos "
+    assert xs.describe_selection(v) == ("checkpoint: best single evaluation on 50 training videos "
                                         "held out for validation; test evaluated once")
-    assert "the validation split" in xp.describe_selection(
+    assert "the validation split" in xs.describe_selection(
         load_config("paper-msvd", {"train.selection": "val"}))
 
 
@@ -206,8 +207,6 @@ def smoke_dir(tmp_path_factory):
 
 
 def test_study_agrees_with_the_training_loops_own_selection(smoke_dir):
-    from xpool import study as xs
-
     st = xs.open_study("smoke", smoke_dir / "results" / "smoke", mode="frozen", progress=False)
     res = xp.protocol_study(st, [0], poolings=("mean", "xpool"), window=3, evals_per_epoch=3,
                             val_videos=4, n_boot=200)

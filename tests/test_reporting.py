@@ -169,3 +169,17 @@ def test_pooling_ablation_figure_is_reproducible(tmp_path):
         assert (np.random.get_state()[1] == before).all()
         pictures.append(path.read_bytes())
     assert pictures[0] == pictures[1]
+
+
+def test_markdown_table_writer_plain_and_aligned():
+    md = reporting.markdown_table(["a", "b|c"], [["x|y", 1.5], ["", None]], title="T",
+                                  notes=["one", "two"])
+    assert md == ("### T\n\n| a | b\\|c |\n|---|---|\n| x\\|y | 1.5 |\n|  | None |\n\n"
+                  "- one\n- two\n")
+    assert reporting.markdown_table(["n"], []) == "| n |\n|---|\n"
+    aligned = reporting.markdown_table(["name", "v"], [["x", 1234.5], ["long", 2]], aligned=True,
+                                       cell=lambda v: f"<{v}>")
+    assert aligned == ("| name   | v        |\n|--------|----------|\n| <x>    | <1234.5> |\n"
+                       "| <long> | <2>      |\n")
+    with pytest.raises(ValueError):
+        reporting.markdown_table(["a", "b"], [["only one cell"]])

@@ -55,11 +55,11 @@ def test_head_workers_leave_ctrl_c_to_the_parent():
     workers must not answer with KeyboardInterrupt tracebacks in the reproduce log."""
     import signal
 
-    from xpool import study
+    from xpool.study import runner
 
-    pool = study._head_pool(1)
+    pool = runner._head_pool(1)
     try:
         assert pool.submit(_sigint_handler_name).result(timeout=120) == str(signal.SIG_IGN)
     finally:
         pool.shutdown()
-        study._HEAD_POOL.clear()
+        runner._HEAD_POOL.clear()

@@ -9,7 +9,7 @@ Two things decide the numbers beyond the code and the lock file:
   benchmarks; every run's `environment.json` records the capability torch actually used.
 - **thread counts.** A reduction split over 1 or 2 threads rounds differently, so pretraining and
   feature extraction run with STUDY_THREADS threads whatever the machine has (frozen heads run
-  with one, see `xpool.study.HEAD_THREADS`).
+  with one, see `xpool.study.runner.HEAD_THREADS`).
 
 `python -m xpool.determinism --kernel-env NAME` adds the cap to an installed Jupyter kernel's
 `kernel.json` (what `make setup` runs).

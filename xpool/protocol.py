@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,9 +33,8 @@ import pandas as pd
 from xpool import reporting
 from xpool.config import POOLINGS, Config
 from xpool.errors import ConfigError, XPoolError
-
-if TYPE_CHECKING:
-    from xpool.study import Study
+from xpool.metrics import DIRECTIONS, rank_metrics
+from xpool.study import NATIVE_VAL, Study, dataset_title, describe_selection
 
 RULES = ("test_best", "test_window", "val", "last")
 # The rules read from a test-selected run's own evaluation log.
@@ -50,8 +49,6 @@ RULE_LABELS = {
 REPORTED = ("R1", "R5")
 # The score every rule selects on (the authors' default `metric: t2v`, R@1).
 SELECT_ON = ("t2v", "R1")
-# Corpora with their own validation split (the rest hold out training videos for rule (c)).
-NATIVE_VAL = ("msvd", "lsmdc")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,8 +126,6 @@ class ProtocolOutcomes:
 
 
 def _metric_values(ranks: np.ndarray) -> dict[str, float]:
-    from xpool.metrics import rank_metrics
-
     return rank_metrics(ranks)
 
 
@@ -143,7 +138,7 @@ def protocol_outcomes(test_logs: Sequence[TestLog], val_outcomes: Sequence[ValOu
 
     def add(pooling: str, seed: int, rule: str, run_ranks: Mapping[str, Any], step: Any,
             n_evals: int, run_id: str) -> None:
-        for d in reporting.DIRECTIONS:
+        for d in DIRECTIONS:
             if d not in run_ranks:
                 raise XPoolError(f"run {run_id}: no per-query {d} ranks")
             r = np.asarray(run_ranks[d], dtype=np.int64)
@@ -178,10 +173,10 @@ def _check_recorded_metrics(runs: pd.DataFrame, test_logs: Sequence[TestLog],
     for log in test_logs:
         for rule in LOG_RULES:
             e = selected_evaluation(log.evals, rule, window)
-            for d in reporting.DIRECTIONS:
+            for d in DIRECTIONS:
                 recorded[(log.pooling, log.seed, rule, d)] = e[d]
     for v in val_outcomes:
-        for d in reporting.DIRECTIONS:
+        for d in DIRECTIONS:
             recorded[(v.pooling, v.seed, "val", d)] = v.metrics[d]
     for row in runs.itertuples(index=False):
         rec = recorded[(row.pooling, row.seed, row.rule, row.direction)]
@@ -213,7 +208,7 @@ def summarize(out: ProtocolOutcomes) -> pd.DataFrame:
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    key = [(reporting._pooling_sort_key(p), RULES.index(r), reporting.DIRECTIONS.index(d))
+    key = [(reporting.pooling_sort_key(p), RULES.index(r), DIRECTIONS.index(d))
            for p, r, d in zip(df["pooling"], df["rule"], df["direction"], strict=True)]
     return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
 
@@ -225,7 +220,7 @@ def paired_against_val(out: ProtocolOutcomes, n_boot: int = 10_000,
     runs, so they are paired by seed (each query's hit averaged over the seeds both have) and by
     caption (the same test queries in the same order)."""
     rows = []
-    for pooling in sorted(out.runs["pooling"].unique(), key=reporting._pooling_sort_key):
+    for pooling in sorted(out.runs["pooling"].unique(), key=reporting.pooling_sort_key):
         sub = out.runs[out.runs["pooling"] == pooling]
         val_seeds = set(sub[sub["rule"] == BASELINE]["seed"])
         if not val_seeds:
@@ -234,7 +229,7 @@ def paired_against_val(out: ProtocolOutcomes, n_boot: int = 10_000,
             seeds = sorted(val_seeds & set(sub[sub["rule"] == rule]["seed"]))
             if not seeds:
                 raise XPoolError(f"{pooling}: no seed has both rule {rule} and rule (c) runs")
-            for d in reporting.DIRECTIONS:
+            for d in DIRECTIONS:
                 a = np.stack([out.ranks[(pooling, s, rule, d)] for s in seeds])
                 b = np.stack([out.ranks[(pooling, s, BASELINE, d)] for s in seeds])
                 if a.shape != b.shape:
@@ -260,7 +255,7 @@ def rankings(summary: pd.DataFrame, direction: str = "t2v", metric: str = "R1") 
             continue
         means = {p: round(float(v), 6) for p, v in zip(s["pooling"], s[f"{metric}_mean"],
                                                         strict=True)}
-        order = sorted(means, key=lambda p: (-means[p], reporting._pooling_sort_key(p)))
+        order = sorted(means, key=lambda p: (-means[p], reporting.pooling_sort_key(p)))
         text = ""
         for i, p in enumerate(order):
             sep = "" if i == 0 else (" = " if means[p] == means[order[i - 1]] else " > ")
@@ -279,7 +274,7 @@ def _deterministic(summary: pd.DataFrame) -> list[str]:
     for p, g in summary.groupby("pooling", sort=False):
         if (g["n_distinct"] == 1).all() and (g["n_seeds"] > 1).all():
             out.append(p)
-    return sorted(out, key=reporting._pooling_sort_key)
+    return sorted(out, key=reporting.pooling_sort_key)
 
 
 def protocol_markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str,
@@ -309,15 +304,15 @@ def protocol_markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str,
                          f"{b['diff_R1'].iloc[0]:+.1f} [{b['lo_R1'].iloc[0]:+.1f}, "
                          f"{b['hi_R1'].iloc[0]:+.1f}]")
         rows.append(cells)
-    return reporting._markdown(title, header, rows, notes)
+    return reporting.markdown_table(header, rows, title=title, notes=notes)
 
 
 def plot_protocol(runs: pd.DataFrame, title: str = "") -> Any:
     """R@1 per strategy under every rule, text-to-video and video-to-text: one dot per seed
     (dodged by rule), a bar for the mean over seeds."""
-    plt, sns = reporting._plt()
+    plt, sns = reporting.pyplot_seaborn()
     d = runs.copy()
-    order = sorted(d["pooling"].unique(), key=reporting._pooling_sort_key)
+    order = sorted(d["pooling"].unique(), key=reporting.pooling_sort_key)
     d["strategy"] = d["pooling"].map(lambda p: reporting.POOLING_LABELS.get(p, p))
     d["protocol"] = d["rule"].map(RULE_LABELS)
     labels = [reporting.POOLING_LABELS.get(p, p) for p in order]
@@ -329,7 +324,7 @@ def plot_protocol(runs: pd.DataFrame, title: str = "") -> Any:
     state = np.random.get_state()
     np.random.seed(0)
     try:
-        for ax, direction in zip(axes, reporting.DIRECTIONS, strict=True):
+        for ax, direction in zip(axes, DIRECTIONS, strict=True):
             g = d[d["direction"] == direction]
             sns.barplot(data=g, x="strategy", y="R1", hue="protocol", order=labels,
                         hue_order=hue_order, palette=palette, errorbar=None, alpha=0.35, ax=ax)
@@ -352,28 +347,6 @@ def plot_protocol(runs: pd.DataFrame, title: str = "") -> Any:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# How a table's checkpoints were chosen (titles of the dataset tables)
-
-
-def describe_selection(cfg: Config, num_evals: int | None = None) -> str:
-    """A short phrase for a table title: which split chose the checkpoint and by which rule."""
-    t = cfg.train
-    n = f" of {num_evals} evaluations" if num_evals else ""
-    if t.selection == "test":
-        if t.selection_window > 1:
-            return (f"checkpoint: best mean test R@1 over {t.selection_window} consecutive "
-                    f"evaluations{n} (the authors' rule, on the test split)")
-        return f"checkpoint: best single test evaluation{n} (chosen on the test split)"
-    if cfg.data.corpus in NATIVE_VAL:
-        where = "the validation split"
-    else:
-        where = f"{cfg.data.val_videos} training videos held out for validation"
-    rule = (f"best mean R@1 over {t.selection_window} consecutive evaluations"
-            if t.selection_window > 1 else "best single evaluation")
-    return f"checkpoint: {rule}{n} on {where}; test evaluated once"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,8 +397,6 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
     videos held out for rule (c) where the corpus has no validation split (None: the profile's
     data.val_videos). Writes `tables/protocol*.csv|md` and `figures/protocol.png`.
     """
-    from xpool.study import _dataset_title
-
     if window < 1:
         raise ConfigError(f"window must be at least 1, got {window}")
     base = study.base
@@ -445,7 +416,7 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
             test_logs.append(TestLog(p, s, r.record.evaluations(), rid))
         else:
             val_outcomes.append(ValOutcome(p, s, r.metrics, {d: r.ranks(d).tolist() for d in
-                                                             reporting.DIRECTIONS}, rid,
+                                                             DIRECTIONS}, rid,
                                            len(list(r.record.evals_dir.glob("eval_*.json")))))
     out = protocol_outcomes(test_logs, val_outcomes, window)
     mode = study.effective_mode
@@ -453,10 +424,10 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
     runs = out.runs[RUN_COLUMNS]
     summary = summarize(out)
     paired = paired_against_val(out, n_boot=n_boot)
-    ranks = pd.concat([rankings(summary, d) for d in reporting.DIRECTIONS], ignore_index=True)
+    ranks = pd.concat([rankings(summary, d) for d in DIRECTIONS], ignore_index=True)
     cfg_t = results[0].config
     cfg_v = next(r.config for r in results if r.labels["protocol_run"] == "val")
-    title = (f"Checkpoint protocols ({_dataset_title(study)}, {mode}): R@1 and R@5 under "
+    title = (f"Checkpoint protocols ({dataset_title(study)}, {mode}): R@1 and R@5 under "
              f"rules (a)-(d)")
     md = protocol_markdown(summary, paired, title,
                            _notes(summary, ranks, cfg_t, cfg_v, test_logs, seeds, window, n_boot,
@@ -468,7 +439,7 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
                               reporting.frame_markdown(summary, f"{title}: summary"))
         reporting.write_table(paired, study.tables_dir, "protocol_paired",
                               reporting.frame_markdown(paired, "Paired bootstrap against rule (c)"))
-        fig = plot_protocol(runs, f"checkpoint protocols ({_dataset_title(study)}, {mode})")
+        fig = plot_protocol(runs, f"checkpoint protocols ({dataset_title(study)}, {mode})")
         result.figure_path = reporting.save_figure(fig, study.figures_dir / "protocol.png")
         import matplotlib.pyplot as plt
 
