@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from xpool.config import Config, save_config
+from xpool.config import Config, dataset_key, save_config
 from xpool.errors import XPoolError
 
 __all__ = [
@@ -91,7 +91,6 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
     from xpool.io import write_json
     from xpool.model.checkpoints import load_authors_checkpoint
     from xpool.runs import environment_info
-    from xpool.study import dataset_key
     from xpool.train import build_eval_embeddings, ensure_data, pick_device
 
     path = Path(checkpoint).expanduser()

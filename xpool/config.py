@@ -29,6 +29,11 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
 # The pooling heads, in the order tables list them (the one copy of these names).
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
+# The two retrieval directions, their dual-softmax columns, and all four as results carry them
+# (here, not in metrics, so that reporting can name them without loading torch).
+DIRECTIONS = ("t2v", "v2t")
+DSL_DIRECTIONS = tuple(f"{d}_dsl" for d in DIRECTIONS)
+RESULT_DIRECTIONS = DIRECTIONS + DSL_DIRECTIONS
 
 
 @dataclass
@@ -435,6 +440,15 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict
             raise ConfigError(f"cannot parse the value of override '{item}': {e}") from e
         parsed[key.strip()] = value
     return parsed
+
+
+def dataset_key(cfg: Config) -> str | None:
+    """Which paper dataset a config trains on (`msrvtt9k`, ...), None for the synthetic corpus."""
+    if cfg.data.corpus == "msrvtt":
+        return f"msrvtt{cfg.data.train_list}"
+    if cfg.data.corpus in ("msvd", "lsmdc"):
+        return cfg.data.corpus
+    return None
 
 
 def load_config(

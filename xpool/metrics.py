@@ -26,12 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xpool.config import DIRECTIONS, DSL_DIRECTIONS, RESULT_DIRECTIONS
 from xpool.errors import XPoolError
-
-# The two retrieval directions, their dual-softmax columns, and all four as results carry them.
-DIRECTIONS = ("t2v", "v2t")
-DSL_DIRECTIONS = tuple(f"{d}_dsl" for d in DIRECTIONS)
-RESULT_DIRECTIONS = DIRECTIONS + DSL_DIRECTIONS
 
 __all__ = [
     "DIRECTIONS",

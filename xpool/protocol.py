@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from xpool import reporting
-from xpool.config import POOLINGS, Config
+from xpool.config import DIRECTIONS, POOLINGS, Config
 from xpool.errors import ConfigError, XPoolError
-from xpool.metrics import DIRECTIONS, rank_metrics
+from xpool.metrics import rank_metrics
 from xpool.study import NATIVE_VAL, Study, dataset_title, describe_selection
 
 RULES = ("test_best", "test_window", "val", "last")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from xpool.config import Config
+from xpool.config import Config, dataset_key
 
 __all__ = ["AUTHORS", "AUTHORS_PER_DATASET", "deviations", "recipe_notes", "flatten"]
 
@@ -66,16 +66,10 @@ def flatten(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _dataset_key(cfg: Config) -> str | None:
-    if cfg.data.corpus == "msrvtt":
-        return f"msrvtt{cfg.data.train_list}"
-    return cfg.data.corpus if cfg.data.corpus in AUTHORS_PER_DATASET else None
-
-
 def authors_values(cfg: Config) -> dict[str, Any]:
     """The authors' value of every recipe item that applies to this config's corpus and head."""
     values = dict(AUTHORS)
-    values.update(AUTHORS_PER_DATASET.get(_dataset_key(cfg) or "", {}))
+    values.update(AUTHORS_PER_DATASET.get(dataset_key(cfg) or "", {}))
     if cfg.model.pooling == "self_attention":
         values.update(CLIP4CLIP_SEQTRANSF)
     return values

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from xpool.config import Config, load_config
+from xpool.config import Config, dataset_key, load_config
 from xpool.determinism import STUDY_ISA, cap_cpu_isa
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
@@ -113,8 +113,6 @@ def notebooks_for(cfg: Config) -> list[str]:
         return list(PROFILE_NOTEBOOKS[name])
     if cfg.data.corpus == "synthetic":
         return [n for n in NOTEBOOKS if n != AUTHORS_NOTEBOOK or name == "smoke"]
-    from xpool.study import dataset_key  # inside: see the note on imports at the top
-
     key = dataset_key(cfg)
     if key not in DATASET_NOTEBOOK:
         raise ConfigError(f"no notebook for corpus {cfg.data.corpus!r} ({key})")

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xpool.config import DIRECTIONS
 from xpool.errors import XPoolError
 from xpool.io import atomic_write_text
-from xpool.metrics import DIRECTIONS
 from xpool.paths import resolve
 from xpool.reporting.names import METRICS, POOLING_LABELS, pooling_sort_key
 from xpool.reporting.references import DATASETS, reference_for

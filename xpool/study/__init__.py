@@ -14,10 +14,10 @@ from those below it (the `study-layers` contract in pyproject.toml):
 This facade re-exports the names the notebooks, the command line and the other modules use.
 """
 
+from xpool.config import dataset_key
 from xpool.study.collect import (
     RunOutputs,
     RunResult,
-    dataset_key,
     load_outputs,
     metrics_frame,
     ranks_by_method,

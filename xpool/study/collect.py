@@ -14,25 +14,15 @@ import pandas as pd
 import torch
 
 from xpool import reporting
-from xpool.config import Config
+from xpool.config import RESULT_DIRECTIONS, Config, dataset_key
 from xpool.errors import XPoolError
 from xpool.evaluate import EvalEmbeddings
 from xpool.io import read_json, torch_load
-from xpool.metrics import RESULT_DIRECTIONS
 from xpool.model.pooling import build_pooling
 from xpool.paths import resolve
 from xpool.runs import RunRecord
 from xpool.similarity import similarity_matrix
 from xpool.train import pooling_options
-
-
-def dataset_key(cfg: Config) -> str | None:
-    """Which paper dataset a config trains on (`msrvtt9k`, ...), None for the synthetic corpus."""
-    if cfg.data.corpus == "msrvtt":
-        return f"msrvtt{cfg.data.train_list}"
-    if cfg.data.corpus in ("msvd", "lsmdc"):
-        return cfg.data.corpus
-    return None
 
 
 @dataclass

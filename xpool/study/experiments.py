@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from xpool import reporting
-from xpool.config import POOLINGS, Config
+from xpool.config import DIRECTIONS, POOLINGS, Config
 from xpool.errors import ConfigError
-from xpool.metrics import DIRECTIONS
 from xpool.recipe import recipe_notes
 from xpool.study.collect import RunResult, dataset_key, metrics_frame, ranks_by_method
 from xpool.study.qualitative import msvd_heldout_note
