@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from xpool.config import Config, load_config
+from xpool.engine.runs import LOCAL_MARKER, cpu_model
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
-from xpool.runs import LOCAL_MARKER, cpu_model
 
 KERNEL = "xpool"
 # Parallel notebook executions in figures-only mode (read-only, so they cannot collide).
@@ -294,7 +294,7 @@ def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool
         # Figures-only needs no model, but it does need the corpus (seconds to generate): the
         # figures show its decoded frames, and the MSVD stand-in's note counts its captions.
         from xpool.data.synthetic import ensure_corpus
-        from xpool.pretrain import ensure_pretrained
+        from xpool.engine.pretrain import ensure_pretrained
 
         t = time.time()
         log("[reproduce] synthetic corpus" + ("" if figures_only else " and tiny-CLIP pretraining")

@@ -30,11 +30,11 @@ import pandas as pd
 
 from xpool import reporting
 from xpool.config import POOLINGS, Config, load_config
+from xpool.engine.runs import RunRecord
 from xpool.errors import ConfigError, CorpusError, XPoolError
 from xpool.integrity import record_artifact
 from xpool.io import read_json, torch_load
 from xpool.paths import resolve
-from xpool.runs import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class Study:
             return cfg.data_root
         if cfg.data.corpus == "synthetic":
             from xpool.data.synthetic import ensure_corpus
-            from xpool.pretrain import ensure_pretrained
+            from xpool.engine.pretrain import ensure_pretrained
 
             root = ensure_corpus(cfg, progress=self.progress)
             self._record_corpus(cfg)
@@ -223,7 +223,7 @@ class Study:
                 ensure_pretrained(cfg)
                 self._record_pretrained(cfg)
             return root
-        from xpool.train import load_split
+        from xpool.data.splits import load_split
 
         try:
             load_split(cfg, "test")
@@ -272,7 +272,7 @@ class Study:
         """Train one run, printing one line per run (tqdm bars would bloat executed notebooks)."""
         import time
 
-        from xpool.train import train
+        from xpool.engine.train import train
 
         t = time.time()
         retrain = self._retrain(RunRecord.for_config(cfg))
@@ -297,10 +297,15 @@ class Study:
     def _prepare_frozen(self, cfg: Config) -> None:
         """Pretraining (synthetic) and cached features of every split a frozen run reads, with
         every thread: the backbone pass is the heavy part of a frozen run."""
-        from xpool.features import extract_features, feature_key, feature_path, verify_features
+        from xpool.engine.features import (
+            extract_features,
+            feature_key,
+            feature_path,
+            verify_features,
+        )
 
         if cfg.model.pretrained == "synthetic":
-            from xpool.pretrain import ensure_pretrained
+            from xpool.engine.pretrain import ensure_pretrained
 
             # Before extraction: pretraining needs gradients, extraction runs without them.
             ensure_pretrained(cfg, progress=self.progress)
@@ -327,7 +332,7 @@ class Study:
                          "videos": len(meta["video_sha256"])})
 
     def _record_pretrained(self, cfg: Config) -> None:
-        from xpool.pretrain import cache_path, verify_checkpoint
+        from xpool.engine.pretrain import cache_path, verify_checkpoint
 
         out = cache_path(cfg)
         record_artifact(self.output_dir, "pretrained", out.name, verify_checkpoint(out))
@@ -409,7 +414,8 @@ def _train_head(cfg: Config, fresh: bool) -> str:
     """Train one frozen-mode run from cached features with HEAD_THREADS threads; returns its run
     directory. Module-level so that a worker process can run it. A head works on tiny tensors,
     where one thread is faster than two (no synchronisation per op)."""
-    from xpool.train import torch_threads, train
+    from xpool.engine.setup import torch_threads
+    from xpool.engine.train import train
 
     with torch_threads(HEAD_THREADS):
         record = train(cfg, resume=not fresh, fresh=fresh, progress=False)
@@ -643,8 +649,8 @@ def _selection_phrase(results: Sequence[RunResult], source: str) -> str:
 def _msvd_heldout_note(results: Sequence[RunResult]) -> str:
     """How many held-out captions also describe another held-out video (they are ambiguous:
     the generator only guarantees unique captions within the test split)."""
+    from xpool.data.splits import load_split
     from xpool.data.synthetic import is_subsequence, parse_caption
-    from xpool.train import load_split
 
     cfg = results[0].config
     try:
@@ -944,9 +950,9 @@ class RunOutputs:
 def load_outputs(result: RunResult) -> RunOutputs:
     """Load `test_embeddings.pt` and `pooling_head.pt` of a finished run."""
 
-    from xpool.evaluate import EvalEmbeddings
+    from xpool.engine.embed import Embeddings as EvalEmbeddings
+    from xpool.model.build import pooling_options
     from xpool.model.pooling import build_pooling
-    from xpool.train import pooling_options
 
     run_dir = result.record.run_dir
     for name in ("test_embeddings.pt", "pooling_head.pt"):
@@ -986,7 +992,7 @@ def video_frames(cfg: Config, video_id: str, num_frames: int | None = None) -> n
     if cfg.data.corpus == "synthetic":
         path = cfg.data_root / "videos" / f"{video_id}.mp4"
     else:
-        from xpool.train import load_split
+        from xpool.data.splits import load_split
 
         path = load_split(cfg, "test").videos.get(video_id)
     if path is not None and Path(path).is_file():
@@ -1122,7 +1128,7 @@ class Explorer:
         """None when free text can be encoded, else why not."""
         cfg = self.out.config
         if cfg.model.frozen:
-            from xpool.pretrain import CHECKPOINT, cache_path
+            from xpool.engine.pretrain import CHECKPOINT, cache_path
 
             ckpt = cache_path(cfg) / CHECKPOINT
             if cfg.model.pretrained == "synthetic" and not ckpt.is_file():
@@ -1143,7 +1149,8 @@ class Explorer:
         if why is not None:
             raise XPoolError(f"cannot encode free text: {why}; pick a test caption instead")
         if self._model is None:
-            from xpool.train import load_model_state, make_model
+            from xpool.engine.evaluate import pretrained_model as make_model
+            from xpool.model.build import load_model_state
 
             cfg = self.out.config
             if cfg.model.frozen:
