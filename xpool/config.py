@@ -91,7 +91,7 @@ class PretrainConfig:
     # (hard negatives; see xpool.data.synthetic.SceneImageStream). 1 = independent scenes.
     group_size: int = 4
     # Fraction of the steps during which the text tower stays at its random initialisation (only
-    # the image tower learns; see xpool.pretrain). 0 = joint training from the start.
+    # the image tower learns; see xpool.engine.pretrain). 0 = joint training from the start.
     text_freeze: float = 0.5
 
 
@@ -100,7 +100,8 @@ class ModelConfig:
     """Backbone and pooling head.
 
     `pretrained` is an open_clip tag (`openai`), a path to a local checkpoint, `synthetic` (the
-    tiny CLIP pretrained in-study on synthetic scenes, see `xpool.pretrain`) or null (random).
+    tiny CLIP pretrained in-study on synthetic scenes, see `xpool.engine.pretrain`) or null
+    (random).
     """
 
     backbone: str = "ViT-B-32"
@@ -138,6 +139,8 @@ class TrainConfig:
     evals_per_epoch: int = 1
     selection: str = "test"
     selection_window: int = 1
+    # The progress bar's loss and speed are updated every N steps (and at the last);
+    # train_log.csv, the run's training curve, keeps every step.
     log_every: int = 10
     # "hf_adamw" (Hugging Face transformers' AdamW, the authors' optimizer: eps before the bias
     # correction) or "torch_adamw" (torch.optim.AdamW). See xpool.optim.

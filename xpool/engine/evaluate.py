@@ -20,19 +20,22 @@ from xpool.engine.embed import Embeddings, embed_split, embed_texts, embed_video
 from xpool.engine.features import feature_dim, load_features
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device
-from xpool.metrics import dual_softmax, t2v_metrics, t2v_ranks, v2t_metrics, v2t_ranks
+from xpool.metrics import (
+    RESULT_DIRECTIONS,
+    dual_softmax,
+    t2v_metrics,
+    t2v_ranks,
+    v2t_metrics,
+    v2t_ranks,
+)
 from xpool.model.backbone import build_backbone
 from xpool.model.build import build_model, load_model_state, needs_pretrained
 from xpool.model.pooling import build_pooling
 from xpool.model.retrieval import RetrievalModel
 from xpool.similarity import similarity_matrix
 
-__all__ = ["RESULT_KEYS", "build_eval_embeddings", "evaluate_checkpoint",
+__all__ = ["build_eval_embeddings", "evaluate_checkpoint",
            "evaluate_frozen_mean_pool", "pretrained_model", "result_metrics", "score"]
-
-# The entries of a `score` result that hold metrics (the DSL ones only when eval.dsl is on).
-RESULT_KEYS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
-
 
 def score(pooling: torch.nn.Module, emb: Embeddings, cfg: EvalConfig,
           device: torch.device | None = None) -> dict[str, Any]:
@@ -65,8 +68,9 @@ def score(pooling: torch.nn.Module, emb: Embeddings, cfg: EvalConfig,
 
 
 def result_metrics(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The metric entries of a `score` result (direction -> metric -> value)."""
-    return {k: result[k] for k in RESULT_KEYS if k in result}
+    """The metric entries of a `score` result (direction -> metric -> value; the DSL ones only
+    when eval.dsl is on)."""
+    return {k: result[k] for k in RESULT_DIRECTIONS if k in result}
 
 
 def build_eval_embeddings(cfg: Config, model: RetrievalModel, split: str, device: torch.device,
