@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -109,7 +109,7 @@ def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
            progress: bool) -> RunRecord:
     t_start = time.time()
     pretrained = _prepare_inputs(cfg, info, progress)
-    run = _build(cfg, device, info, pretrained)
+    run = _build(cfg, record, device, info, pretrained)
     _start_or_resume(cfg, run, record, info, resume, progress)
     _loop(cfg, run, record, device, info, progress, t_start)
     if info.is_main:
@@ -136,8 +136,11 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     eval_split: str
-    log: CsvLog | None = None
-    state: dict[str, Any] | None = None
+    log: CsvLog
+    # The loop's position and selection state; `last.pt` stores it, a resume restores it.
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "step": 0, "evals": [], "best_score": -1.0, "best_step": None, "skipped": 0,
+        "skipped_ids": [], "elapsed_s": 0.0})
     elapsed_before: float = 0.0  # seconds of earlier segments of a resumed run
 
 
@@ -162,7 +165,8 @@ def _prepare_inputs(cfg: Config, info: DistInfo, progress: bool) -> str | None:
     return resolve_pretrained(cfg) if needs_pretrained(cfg) else None
 
 
-def _build(cfg: Config, device: torch.device, info: DistInfo, pretrained: str | None) -> _Run:
+def _build(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo,
+           pretrained: str | None) -> _Run:
     """Seed, then the model, data, optimizer, schedule and objective, in that order (each draws
     from the seeded RNG)."""
     tc = cfg.train
@@ -192,16 +196,13 @@ def _build(cfg: Config, device: torch.device, info: DistInfo, pretrained: str | 
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(model, dataset, sampler, loader, optimizer, scheduler, objective,
-                steps_per_epoch, total_steps, eval_split(cfg))
+                steps_per_epoch, total_steps, eval_split(cfg), CsvLog(record.log_path, LOG_FIELDS))
 
 
 def _start_or_resume(cfg: Config, run: _Run, record: RunRecord, info: DistInfo, resume: bool,
                      progress: bool) -> None:
     """Continue from `last.pt` (weights, optimizer, schedule, RNGs, loop state), or clear what an
     earlier attempt left and start the record."""
-    run.state = {"step": 0, "evals": [], "best_score": -1.0, "best_step": None,
-                 "skipped": 0, "skipped_ids": [], "elapsed_s": 0.0}
-    run.log = CsvLog(record.log_path, LOG_FIELDS)
     if resume and record.last_checkpoint.is_file():
         ckpt = torch_load(record.last_checkpoint, "checkpoint",
                           f"delete it and rerun with --fresh to start {record.run_dir.name} over")
