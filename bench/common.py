@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from xpool import reporting
+from xpool.engine.runs import environment_info
 from xpool.io import write_json
-from xpool.runs import environment_info
 
 __all__ = [
     "REPO_ROOT",
@@ -220,7 +220,7 @@ def _load_avg() -> list[float] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """`xpool.runs.environment_info()` plus usable cores, interop threads and the load average."""
+    """`xpool.engine.runs.environment_info()` plus usable cores, interop threads and the load average."""
     import torch
 
     info = environment_info()

@@ -59,7 +59,7 @@ def _loaders(dataset: Any, batch_size: int, num_batches: int) -> dict[str, Any]:
 
 def _with_one_thread(fn: Any) -> Any:
     """``fn`` run with torch limited to one thread (restored afterwards)."""
-    from xpool.train import torch_threads
+    from xpool.engine.setup import torch_threads
 
     def run() -> None:
         with torch_threads(1):
@@ -119,14 +119,14 @@ def profile_dataset(profile: str) -> tuple[Any, dict[str, Any]]:
     from xpool.data.corpora import load_corpus
     from xpool.data.datasets import TrainDataset
     from xpool.data.synthetic import ensure_corpus
-    from xpool.data.transforms import VideoTransform
+    from xpool.data.transforms import transform_for
     from xpool.model.backbone import build_backbone
 
     cfg = load_config(profile)
     root = ensure_corpus(cfg, progress=False)
     corpus = load_corpus(cfg.data.corpus, root, "train", train_list=cfg.data.train_list)
     bb = build_backbone(cfg.model.backbone, pretrained=None)  # only the tokenizer and sizes
-    transform = VideoTransform(bb.image_size, bb.image_mean, bb.image_std, train=cfg.data.train_augment)
+    transform = transform_for(bb, train=cfg.data.train_augment)
     ds = TrainDataset(corpus, bb.tokenize, transform, cfg.data.num_frames,
                       sampling=cfg.data.train_sampling, seed=cfg.train.seed)
     params = {"profile": profile, "corpus_root": str(root), "items": len(ds),

@@ -90,15 +90,15 @@ class StepBench:
         """
         import torch
 
+        from xpool.model.build import pooling_options
         from xpool.model.pooling import build_pooling
         from xpool.model.retrieval import RetrievalModel
-        from xpool.train import pooling_options
 
         self.cfg.model.pooling = pooling
         head = build_pooling(pooling, self.backbone.embed_dim, **pooling_options(self.cfg)).to(self.device)
         model = RetrievalModel(self.backbone, head).train()
         tc = self.cfg.train
-        # As xpool.train: every parameter decayed, CLIP's at lr_clip, the head's at lr_new.
+        # As xpool.engine.train: every parameter decayed, CLIP's at lr_clip, the head's at lr_new.
         groups = model.param_groups(tc.lr_clip, tc.lr_new, tc.weight_decay, exclude_1d_from_decay=False)
         clip = [g for g in groups if g["name"].startswith("clip")]
         new = [g for g in groups if not g["name"].startswith("clip")]
@@ -113,7 +113,7 @@ class StepBench:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def step(self, model: Any, head_opt: Any) -> float:
-        """One full training step (as xpool.train does it); returns the loss."""
+        """One full training step (as xpool.engine.train does it); returns the loss."""
         import torch
 
         from xpool.losses import symmetric_infonce

@@ -135,9 +135,8 @@ def test_cli_eval_of_authors_checkpoint_matches_independent_computation(
 
     # The same similarity matrix through the package's own path, for the recorded error.
     from xpool.authors import authors_model
-    from xpool.evaluate import score  # noqa: F401  (the path cmd_eval takes)
+    from xpool.engine.evaluate import build_eval_embeddings, score  # noqa: F401  (cmd_eval's path)
     from xpool.similarity import similarity_matrix
-    from xpool.train import build_eval_embeddings
 
     cfg = load_config(profile, [f"data.root={root}"])
     model = authors_model(cfg)

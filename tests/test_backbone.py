@@ -10,10 +10,13 @@ import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from xpool.errors import XPoolError  # noqa: E402
+from xpool.config import load_config  # noqa: E402
+from xpool.errors import ConfigError, XPoolError  # noqa: E402
 from xpool.model.backbone import TINY_MODELS, ClipBackbone, build_backbone  # noqa: E402
+from xpool.model.build import build_model  # noqa: E402
 from xpool.model.pooling import build_pooling  # noqa: E402
-from xpool.model.retrieval import RetrievalModel, build_model  # noqa: E402
+from xpool.model.retrieval import RetrievalModel  # noqa: E402
+from xpool.similarity import similarity_matrix  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,8 @@ def test_retrieval_model_with_backbone(smoke):
         model.eval()
         t, e = model.encode_text(tokens), model.encode_frames(frames)
         torch.testing.assert_close(
-            model.similarity_matrix(t, e), model.pairwise_similarity(t, e), atol=1e-5, rtol=0
+            similarity_matrix(model.pooling, t, e), model.pairwise_similarity(t, e), atol=1e-5,
+            rtol=0,
         )
 
 
@@ -148,7 +152,10 @@ def test_param_groups_with_backbone(smoke):
 
 
 def test_frozen_feature_mode():
-    model = build_model("xpool-smoke", None, "xpool", {"num_heads": 2, "dropout": 0.4}, frozen=True)
+    cfg = load_config("smoke", {"model.frozen": True, "model.num_heads": 2, "model.dropout": 0.4})
+    with pytest.raises(XPoolError, match="embed_dim"):
+        build_model(cfg, pretrained=None)
+    model = build_model(cfg, pretrained=None, embed_dim=64)
     assert model.backbone is None and model.frozen and model.embed_dim == 64
     assert isinstance(model.logit_scale, torch.nn.Parameter)
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
@@ -163,8 +170,16 @@ def test_frozen_feature_mode():
 
 
 def test_build_model_text_agnostic(smoke):
-    model = build_model("xpool-smoke", None, "mean", {})
+    model = build_model(load_config("smoke", {"model.pooling": "mean"}), pretrained=None)
     sims = model.pairwise_similarity(torch.randn(3, 64), torch.randn(2, 4, 64))
     assert sims.shape == (3, 2)
     with pytest.raises(XPoolError):
         RetrievalModel(smoke, build_pooling("mean", 32))
+
+
+def test_build_model_never_pretrains():
+    """`model.pretrained: synthetic` is resolved by the engine (which may pretrain), never here."""
+    cfg = load_config("smoke")
+    assert cfg.model.pretrained == "synthetic"
+    with pytest.raises(ConfigError, match="resolve_pretrained"):
+        build_model(cfg, pretrained=cfg.model.pretrained)

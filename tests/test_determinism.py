@@ -79,7 +79,7 @@ import json, sys, tempfile
 from pathlib import Path
 import torch
 from xpool.config import load_config
-from xpool.pretrain import ensure_pretrained
+from xpool.engine.pretrain import ensure_pretrained
 with tempfile.TemporaryDirectory() as d:
     cfg = load_config("smoke", {"pretrain.cache_dir": d, "pretrain.steps": 6,
                                 "pretrain.eval_images": 8})
@@ -134,14 +134,14 @@ def test_tensors_sha256_is_content_only() -> None:
 
 
 def test_a_changed_checkpoint_or_feature_file_is_a_clear_error(tmp_path: Path) -> None:
-    from xpool.features import feature_sha256_path, verify_features
+    from xpool.engine.features import feature_sha256_path, verify_features
+    from xpool.engine.pretrain import CHECKPOINT, METRICS_FILE, verify_checkpoint
     from xpool.integrity import file_sha256, tensors_sha256
     from xpool.io import torch_save, write_json
-    from xpool.pretrain import CHECKPOINT, METRICS, verify_checkpoint
 
     state = {"w": torch.ones(4)}
     torch_save(state, tmp_path / CHECKPOINT)
-    write_json(tmp_path / METRICS, {"tensors_sha256": tensors_sha256(state)})
+    write_json(tmp_path / METRICS_FILE, {"tensors_sha256": tensors_sha256(state)})
     assert verify_checkpoint(tmp_path) == tensors_sha256(state)
     torch_save({"w": torch.zeros(4)}, tmp_path / CHECKPOINT)
     with pytest.raises(XPoolError, match="delete"):

@@ -54,7 +54,7 @@ def test_video_path_rule(tmp_path):
 
 
 def test_videos_dir_is_a_config_key_used_by_the_readers(tmp_path):
-    from xpool.train import load_split
+    from xpool.data.splits import load_split
 
     root = _write(tmp_path)
     cfg = load_config("paper-lsmdc", {"data.root": str(root), "data.missing": "ignore",

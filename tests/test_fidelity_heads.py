@@ -138,14 +138,14 @@ def test_seqtransf_trains_in_the_new_parameter_group(tiny_clip):
     assert all(id(p) in ids for p in head.parameters()) and new["lr"] == 1e-4
 
 
-def test_make_model_initialises_from_clip_text():
+def test_build_model_initialises_from_clip_text():
     from xpool.config import load_config
-    from xpool.train import make_model
+    from xpool.model.build import build_model
 
     cfg = load_config("smoke", {"model.pooling": "self_attention", "model.sa_init": "clip_text",
                                 "model.sa_heads": 2, "model.sa_layers": 2,
                                 "model.pretrained": None})
-    model = make_model(cfg)
+    model = build_model(cfg, pretrained=None)
     assert model.pooling.initialised_from == "clip_text"
     torch.testing.assert_close(model.pooling.transformerClip.resblocks[0].attn.in_proj_weight,
                                model.backbone.model.transformer.resblocks[0].attn.in_proj_weight)

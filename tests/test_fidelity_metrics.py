@@ -72,7 +72,8 @@ def test_unknown_convention():
 
 
 def test_score_uses_the_configured_convention():
-    from xpool.evaluate import EvalEmbeddings, score
+    from xpool.engine.embed import Embeddings
+    from xpool.engine.evaluate import score
     from xpool.model.pooling import MeanPooling
 
     # MeanPooling of one frame = the normalised frame: sims are cosines of texts and frames.
@@ -80,7 +81,7 @@ def test_score_uses_the_configured_convention():
     text = torch.from_numpy(rng.normal(size=(12, 8))).float()
     frames = torch.from_numpy(rng.normal(size=(4, 1, 8))).float()
     vot = np.repeat(np.arange(4), 3)
-    emb = EvalEmbeddings(text, frames, vot, list("abcd"), [str(i) for i in range(12)])
+    emb = Embeddings(text, frames, vot, list("abcd"), [str(i) for i in range(12)])
     sims = torch.nn.functional.normalize(text, dim=-1) @ torch.nn.functional.normalize(
         frames[:, 0], dim=-1).T
     for conv in ("groups", "captions"):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from xpool.engine.train import clamp_logit_scale_
 from xpool.losses import symmetric_infonce
 from xpool.optim import HFAdamW, build_optimizer
-from xpool.train import clamp_logit_scale_
 
 
 def _hand_steps(p0, grads, lr, b1, b2, eps, wd):
@@ -143,16 +143,16 @@ def test_parameter_clamp_after_step():
 @pytest.mark.parametrize("mode, grad_nonzero", [("param", True), ("param_and_loss", False)])
 def test_objective_gradient_at_the_cap(mode, grad_nonzero):
     """The training objective, as _train builds it from train.logit_scale_clamp."""
-    from xpool.distributed import DistInfo
+    from xpool.engine.distributed import DistInfo
+    from xpool.engine.train import ContrastiveObjective
     from xpool.model.pooling import MeanPooling
     from xpool.model.retrieval import RetrievalModel
-    from xpool.train import ContrastiveObjective
 
     torch.manual_seed(0)
     model = RetrievalModel(None, MeanPooling(4), embed_dim=4)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(100.0) + 1e-4)
-    obj = ContrastiveObjective(model, DistInfo(), True, 3, clamp_in_loss=mode == "param_and_loss")
+    obj = ContrastiveObjective(model, DistInfo(), 3, clamp_in_loss=mode == "param_and_loss")
     loss, _ = obj({"text_feats": torch.randn(4, 4), "frame_feats": torch.randn(4, 3, 4)})
     loss.backward()
     assert (model.logit_scale.grad.abs().item() > 0) is grad_nonzero

@@ -81,7 +81,7 @@ def test_deviations_name_each_changed_item():
 
 
 def test_fp32_never_autocasts_and_auto_does_on_gpu():
-    from xpool.train import uses_bf16
+    from xpool.engine.setup import uses_bf16
 
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert not uses_bf16(load_config("paper-msrvtt9k"), gpu)
@@ -103,21 +103,21 @@ def _authors_choice(r1s, window):
 
 
 def _run_selection(monkeypatch, cfg, r1s, tmp_path):
-    from xpool import train as tr
+    from xpool.engine import selection as sel
 
     seq = iter(r1s)
-    monkeypatch.setattr(tr, "build_eval_embeddings", lambda *a, **k: None)
-    monkeypatch.setattr(tr, "score", lambda *a, **k: {"t2v": {"R1": next(seq)},
-                                                      "v2t": {"R1": 0.0}, "ranks": {}})
-    monkeypatch.setattr(tr, "write_json", lambda *a, **k: None)
-    monkeypatch.setattr(tr, "torch_save", lambda *a, **k: None)
-    monkeypatch.setattr(tr, "_save_outputs", lambda *a, **k: None)
+    monkeypatch.setattr(sel, "build_eval_embeddings", lambda *a, **k: None)
+    monkeypatch.setattr(sel, "score", lambda *a, **k: {"t2v": {"R1": next(seq)},
+                                                       "v2t": {"R1": 0.0}, "ranks": {}})
+    monkeypatch.setattr(sel, "write_json", lambda *a, **k: None)
+    monkeypatch.setattr(sel, "torch_save", lambda *a, **k: None)
+    monkeypatch.setattr(sel, "save_test_outputs", lambda *a, **k: None)
     model = SimpleNamespace(pooling=None, train=lambda: None, state_dict=lambda: {})
     record = SimpleNamespace(evals_dir=Path(tmp_path), best_checkpoint=Path(tmp_path) / "b.pt")
     state = {"step": 0, "evals": [], "best_score": -1.0, "best_step": None}
     for i in range(len(r1s)):
         state["step"] = i + 1
-        tr._evaluate_and_select(cfg, model, record, state, torch.device("cpu"), "test", 0, False)
+        sel.evaluate_and_select(cfg, model, record, state, torch.device("cpu"), "test", 0, False)
     return state["best_step"] - 1
 
 
@@ -164,33 +164,33 @@ def _hf_cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 
 @pytest.mark.parametrize("total", [7, 140, 1407])
 def test_warmup_start_zero_is_the_hf_schedule(total):
-    from xpool.train import cosine_with_warmup
+    from xpool.engine.setup import cosine_with_warmup
 
-    warmup = int(total * 0.1)
-    ours = cosine_with_warmup(total, 0.1, "zero")
+    warmup = int(total * 0.1)  # train.warmup_fraction 0.1, as the training loop rounds it
+    ours = cosine_with_warmup(total, warmup, "zero")
     for step in range(total):
         assert ours(step) == pytest.approx(_hf_cosine_with_warmup(step, warmup, total), abs=1e-12)
     if warmup:
         assert ours(0) == 0.0
         # The older rule starts one step ahead: it differs from HF's on every warmup step.
-        assert cosine_with_warmup(total, 0.1, "one")(0) == pytest.approx(1 / warmup)
+        assert cosine_with_warmup(total, warmup, "one")(0) == pytest.approx(1 / warmup)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 9, 10, 11, 57, 281, 2812])
 def test_authors_eval_steps(steps):
-    from xpool.train import _eval_steps
+    from xpool.engine.selection import eval_steps
 
     # trainer.py: evaluate after 0-based batch_idx in linspace(0, S-1, 11, dtype=int)[1:].
     expected = set()
     for k in range(1, 11):
         batch_idx = int(k * (steps - 1) / 10)  # linspace point k, cast to int (floor, >= 0)
         expected.add(batch_idx + 1)
-    assert _eval_steps(steps, 10, "authors") == expected
+    assert eval_steps(steps, 10, "authors") == expected
     assert steps in expected  # the last batch always evaluates
 
 
 def test_eval_step_rules_differ_for_some_epoch_length():
-    from xpool.train import _eval_steps
+    from xpool.engine.selection import eval_steps
 
-    differ = [s for s in range(10, 400) if _eval_steps(s, 10, "authors") != _eval_steps(s, 10)]
+    differ = [s for s in range(10, 400) if eval_steps(s, 10, "authors") != eval_steps(s, 10)]
     assert differ, "the two evaluation-step rules should differ for some epoch lengths"

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from head_helpers import random_weights
 
 from xpool.config import EvalConfig
-from xpool.evaluate import EvalEmbeddings, embed_texts, embed_videos, score
+from xpool.engine.embed import Embeddings, embed_texts, embed_videos
+from xpool.engine.evaluate import score
 from xpool.metrics import rank_metrics, t2v_ranks, v2t_ranks
 from xpool.model.pooling import build_pooling
 from xpool.model.retrieval import RetrievalModel
@@ -83,16 +84,16 @@ def _random_model(backbone, name: str, options: dict) -> tuple[torch.nn.Module, 
 
 def project_evaluation(backbone, name: str, options: dict, fast: bool) -> Evaluate:
     """This project's path: the CLIP towers embed (in batches), the similarity module scores,
-    `xpool.evaluate.score` (fast) or the metrics module (plain) ranks."""
+    `xpool.engine.evaluate.score` (fast) or the metrics module (plain) ranks."""
     head, model = _random_model(backbone, name, options)
     cpu = torch.device("cpu")
 
     def evaluate(texts, videos, labels):
-        t = embed_texts(model, list(texts), batch_size=5, device=cpu)
-        e = embed_videos(model, list(videos), batch_size=3, device=cpu)
+        t = embed_texts(model.backbone, list(texts), batch_size=5, device=cpu)
+        e = embed_videos(model.backbone, list(videos), batch_size=3, device=cpu)
         if fast:
             sims = similarity_matrix(head, t, e)
-            emb = EvalEmbeddings(t, e, np.asarray(labels), [str(i) for i in range(len(e))],
+            emb = Embeddings(t, e, np.asarray(labels), [str(i) for i in range(len(e))],
                                  list(texts))
             res = score(head, emb, EvalConfig(dsl=False))
             r_t2v, r_v2t = np.asarray(res["ranks"]["t2v"]), np.asarray(res["ranks"]["v2t"])
@@ -206,8 +207,8 @@ def _leaky_evaluation(backbone, name: str, options: dict) -> Evaluate:
     cpu = torch.device("cpu")
 
     def evaluate(texts, videos, labels):
-        t = embed_texts(model, list(texts), batch_size=5, device=cpu)
-        e = embed_videos(model, list(videos), batch_size=3, device=cpu)
+        t = embed_texts(model.backbone, list(texts), batch_size=5, device=cpu)
+        e = embed_videos(model.backbone, list(videos), batch_size=3, device=cpu)
         sims = leaky_similarity(head, t, e, labels)
         return sims, t2v_ranks(sims, labels), v2t_ranks(sims, labels)
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import xpool.pretrain as pretrain
+import xpool.engine.pretrain as pretrain
 from xpool.config import Config, load_config
+from xpool.engine.evaluate import evaluate_frozen_mean_pool
+from xpool.engine.setup import cosine_with_warmup
 from xpool.model.backbone import build_backbone
 
 
@@ -106,7 +108,7 @@ def test_resolve_pretrained_passes_other_values_through(tmp_path: Path) -> None:
 
 
 def test_learning_rate_schedule() -> None:
-    f = [pretrain._lr_factor(s, 10, 100) for s in range(100)]
+    f = [cosine_with_warmup(100, 10)(s) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))
     assert f[-1] < 0.01
@@ -117,7 +119,7 @@ def test_frozen_mean_pool_check_runs(trained: tuple[Config, Path]) -> None:
 
     cfg, ckpt = trained
     ensure_corpus(cfg, progress=False)
-    out = pretrain.evaluate_frozen_mean_pool(cfg, ckpt, num_frames=4)
+    out = evaluate_frozen_mean_pool(cfg, ckpt, num_frames=4)
     assert out["chance_R1"] == pytest.approx(100.0 / cfg.synth.num_test)
     assert 0.0 <= out["R1"] <= 100.0 and 1.0 <= out["MnR"] <= cfg.synth.num_test
 

@@ -194,7 +194,7 @@ def test_overrides_and_descriptions():
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory):
     from xpool.data.synthetic import ensure_corpus
-    from xpool.pretrain import ensure_pretrained
+    from xpool.engine.pretrain import ensure_pretrained
 
     wd = tmp_path_factory.mktemp("protocol")
     old = os.getcwd()

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def workdir(tmp_path_factory):
     """A working directory with the smoke corpus and tiny CLIP, and one finished mean-pooling run."""
     from xpool.data.synthetic import ensure_corpus
-    from xpool.pretrain import ensure_pretrained
-    from xpool.train import train
+    from xpool.engine.pretrain import ensure_pretrained
+    from xpool.engine.train import train
 
     wd = tmp_path_factory.mktemp("reliability")
     old, old_root = os.getcwd(), os.environ.get("XPOOL_ROOT")
@@ -65,7 +65,7 @@ def smoke(**overrides):
 
 
 def base_record():
-    from xpool.runs import RunRecord
+    from xpool.engine.runs import RunRecord
 
     return RunRecord.for_config(smoke(**{"model.pooling": "mean", "output.run_name": "base"}))
 
@@ -92,7 +92,7 @@ def corpus_copy(workdir: Path, tmp_path: Path) -> Path:
 
 
 def test_payload_in_a_checkpoint_is_refused_and_never_runs(workdir, tmp_path):
-    from xpool.evaluate import evaluate_checkpoint
+    from xpool.engine.evaluate import evaluate_checkpoint
 
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.pt"
@@ -103,8 +103,8 @@ def test_payload_in_a_checkpoint_is_refused_and_never_runs(workdir, tmp_path):
 
 
 def test_payload_in_last_pt_is_refused_on_resume(workdir, tmp_path):
-    from xpool.runs import RunRecord
-    from xpool.train import train
+    from xpool.engine.runs import RunRecord
+    from xpool.engine.train import train
 
     cfg = smoke(**{"model.pooling": "mean", "output.run_name": "evil-resume"})
     record = RunRecord.for_config(cfg)
@@ -117,7 +117,7 @@ def test_payload_in_last_pt_is_refused_on_resume(workdir, tmp_path):
 
 
 def test_payload_in_a_feature_shard_and_cache_is_refused(workdir, tmp_path):
-    from xpool.features import extract_features, feature_path, load_features
+    from xpool.engine.features import extract_features, feature_path, load_features
 
     cfg = smoke(**{"model.frozen": True})
     marker = tmp_path / "pwned"
@@ -137,7 +137,7 @@ def test_payload_in_a_feature_shard_and_cache_is_refused(workdir, tmp_path):
         load_features(cfg, "test")
     assert not marker.exists()
     # Second: with the sidecar rewritten to match, the safe load still refuses the payload.
-    from xpool.features import feature_sha256_path
+    from xpool.engine.features import feature_sha256_path
     from xpool.integrity import file_sha256
 
     sidecar = feature_sha256_path(path)
@@ -151,16 +151,16 @@ def test_payload_in_a_feature_shard_and_cache_is_refused(workdir, tmp_path):
 
 
 def test_payload_in_test_embeddings_is_refused_by_figures(workdir, tmp_path):
-    from xpool.evaluate import EvalEmbeddings
+    from xpool.engine.embed import Embeddings
 
     marker = tmp_path / "pwned"
     path = tmp_path / "test_embeddings.pt"
     torch.save({"text_embeds": torch.zeros(2, 4), "texts": Payload(marker)}, path)
     with pytest.raises(UnsafeFileError, match="test embeddings"):
-        EvalEmbeddings.load(path)
+        Embeddings.load(path)
     assert not marker.exists()
     # The real file of a finished run still loads.
-    emb = EvalEmbeddings.load(base_record().run_dir / "test_embeddings.pt")
+    emb = Embeddings.load(base_record().run_dir / "test_embeddings.pt")
     assert emb.frame_embeds.shape[0] == len(emb.video_ids) == 12
 
 
@@ -181,7 +181,7 @@ def test_checkpoints_load_with_weights_only(workdir):
 _HOLD = """
 import sys, time
 from xpool.config import load_config
-from xpool.runs import RunLock, RunRecord
+from xpool.engine.runs import RunLock, RunRecord
 cfg = load_config("smoke", {"model.pooling": "mean", "output.run_name": "locked"})
 lock = RunLock(RunRecord.for_config(cfg)).acquire()
 print("locked", flush=True)
@@ -190,8 +190,8 @@ time.sleep(120)
 
 
 def test_second_process_on_a_run_is_refused_and_a_killed_holder_does_not_block(workdir):
-    from xpool.runs import RunRecord
-    from xpool.train import train
+    from xpool.engine.runs import RunRecord
+    from xpool.engine.train import train
 
     cfg = smoke(**{"model.pooling": "mean", "output.run_name": "locked"})
     proc = subprocess.Popen([sys.executable, "-c", _HOLD], cwd=workdir, stdout=subprocess.PIPE,
@@ -225,8 +225,8 @@ def test_frozen_profile_works_from_an_empty_folder(tmp_path, monkeypatch):
 
 
 def test_truncated_last_pt_names_the_file(workdir, tmp_path):
-    from xpool.runs import RunRecord
-    from xpool.train import train
+    from xpool.engine.runs import RunRecord
+    from xpool.engine.train import train
 
     cfg = smoke(**{"model.pooling": "mean", "output.run_name": "truncated"})
     record = RunRecord.for_config(cfg)
@@ -238,7 +238,7 @@ def test_truncated_last_pt_names_the_file(workdir, tmp_path):
 
 
 def test_garbage_feature_shard_names_the_file_and_rebuilds_once_deleted(workdir):
-    from xpool.features import extract_features, feature_path, load_features
+    from xpool.engine.features import extract_features, feature_path, load_features
 
     cfg = smoke(**{"model.frozen": True, "data.num_frames": 2})
     parts = feature_path(cfg, "test").parent / "test.parts"
@@ -248,11 +248,11 @@ def test_garbage_feature_shard_names_the_file_and_rebuilds_once_deleted(workdir)
         extract_features(cfg, "test", progress=False)
     (parts / "videos_00000.pt").unlink()
     extract_features(cfg, "test", progress=False)
-    assert load_features(cfg, "test").frame_feats.shape[:2] == (12, 2)
+    assert load_features(cfg, "test").frame_embeds.shape[:2] == (12, 2)
 
 
 def test_corrupt_metrics_json_names_the_file(workdir, tmp_path):
-    from xpool.runs import RunRecord
+    from xpool.engine.runs import RunRecord
 
     src = base_record().run_dir
     run = tmp_path / "run"
@@ -313,7 +313,7 @@ def test_full_disk_says_no_space_left_and_keeps_the_old_file(tmp_path, monkeypat
 
 
 def test_eval_of_a_mismatched_checkpoint_names_the_differing_keys(workdir):
-    from xpool.evaluate import evaluate_checkpoint
+    from xpool.engine.evaluate import evaluate_checkpoint
 
     with pytest.raises(XPoolError, match=r"differing keys: model\.pooling: checkpoint 'mean', "
                                          r"config 'xpool'.*model\.pooling=mean"):
@@ -324,8 +324,8 @@ def test_eval_of_a_mismatched_checkpoint_names_the_differing_keys(workdir):
 
 
 def test_broken_test_videos_are_all_reported_before_training(workdir, tmp_path, monkeypatch):
-    import xpool.train as tr
-    from xpool.preflight import check_videos
+    import xpool.engine.train as tr
+    from xpool.engine.preflight import check_videos
 
     root = corpus_copy(workdir, tmp_path)
     videos = sorted((root / "videos").glob("*.mp4"))
@@ -381,7 +381,7 @@ def test_duplicated_test_row_is_an_error(workdir, tmp_path):
 
 
 def test_train_test_overlap_is_an_error_unless_allowed(workdir, tmp_path):
-    from xpool.preflight import preflight
+    from xpool.engine.preflight import preflight
 
     root = corpus_copy(workdir, tmp_path)
     train_csv = root / "MSRVTT_train.9k.csv"
@@ -403,8 +403,9 @@ def test_train_test_overlap_is_an_error_unless_allowed(workdir, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_last_pt_and_prints_the_resume_command(workdir, monkeypatch, capsys, sig):
-    import xpool.train as tr
+    import xpool.engine.train as tr
     from xpool.config import load_config as load
+    from xpool.engine.interrupt import TrainingInterrupted
 
     name = f"signal-{sig.name}"
     base = {"train.epochs": 2, "train.checkpoint_every": 4, "model.pooling": "mean"}
@@ -419,7 +420,7 @@ def test_signal_saves_last_pt_and_prints_the_resume_command(workdir, monkeypatch
         return out
 
     monkeypatch.setattr(tr, "_train_step", step_then_signal)
-    with pytest.raises(tr.TrainingInterrupted, match="--resume"):
+    with pytest.raises(TrainingInterrupted, match="--resume"):
         tr.train(cfg, progress=False)
     monkeypatch.setattr(tr, "_train_step", real_step)
     record = tr.RunRecord.for_config(cfg)
@@ -429,7 +430,7 @@ def test_signal_saves_last_pt_and_prints_the_resume_command(workdir, monkeypatch
     command = err[err.index("`xpool train") + 1 :].split("`")[0]
     argv = shlex.split(command)
     assert argv[:3] == ["xpool", "train", "smoke"] and argv[-1] == "--resume"
-    from xpool.runs import run_id
+    from xpool.engine.runs import run_id
 
     assert run_id(load(argv[2], argv[3:-1])) == run_id(cfg) == name
     assert load(argv[2], argv[3:-1]).to_dict() == cfg.to_dict()
@@ -455,7 +456,7 @@ def test_cli_train_fresh_and_the_unfinished_run_hint(workdir, capsys):
     assert build_parser().parse_args(["train", "smoke", "--fresh"]).fresh
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "smoke", "--fresh", "--resume"])
-    import xpool.train as tr
+    import xpool.engine.train as tr
 
     record = base_record()
     before = record.metrics()

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from xpool.config import load_config, save_config
+from xpool.engine.embed import Embeddings
+from xpool.engine.runs import RunRecord
 from xpool.errors import XPoolError
-from xpool.evaluate import EvalEmbeddings
 from xpool.io import torch_save, write_json
+from xpool.model.build import pooling_options
 from xpool.model.pooling import build_pooling
-from xpool.runs import RunRecord
 from xpool.study import collect
 from xpool.study.collect import RunResult
-from xpool.train import pooling_options
 
 
 def _m(r1: float, mnr: float = 10.0) -> dict[str, float]:
@@ -134,7 +134,7 @@ def test_results_from_table_follows_the_run_id_column(tmp_path):
 
 def _save_outputs(result: RunResult, frames: torch.Tensor, texts: list[str],
                   video_of_text: list[int], head: torch.nn.Module) -> None:
-    emb = EvalEmbeddings(torch.eye(2)[[0] * len(texts)], frames,
+    emb = Embeddings(torch.eye(2)[[0] * len(texts)], frames,
                          np.asarray(video_of_text, dtype=np.int64),
                          [f"video{i}" for i in range(len(frames))], texts)
     emb.save(result.record.run_dir / "test_embeddings.pt")

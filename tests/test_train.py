@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def workdir(tmp_path_factory):
     """A working directory holding the smoke corpus and tiny CLIP (made once per module)."""
     from xpool.data.synthetic import ensure_corpus
-    from xpool.pretrain import ensure_pretrained
+    from xpool.engine.pretrain import ensure_pretrained
 
     wd = tmp_path_factory.mktemp("engine")
     old = os.getcwd(), os.environ.get("XPOOL_ROOT")
@@ -51,8 +51,8 @@ def _losses(record) -> list[float]:
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_train_then_eval_every_pooling(workdir, pooling):
-    from xpool.evaluate import evaluate_checkpoint
-    from xpool.train import train
+    from xpool.engine.evaluate import evaluate_checkpoint
+    from xpool.engine.train import train
 
     cfg = smoke(**{"model.pooling": pooling})
     record = train(cfg, progress=False)
@@ -72,7 +72,7 @@ def test_train_then_eval_every_pooling(workdir, pooling):
 
 
 def test_cli_eval_of_a_trained_run(workdir):
-    from xpool.train import train
+    from xpool.engine.train import train
 
     record = train(smoke(**{"model.pooling": "mean", "output.run_name": "cli"}), progress=False)
     res = subprocess.run([sys.executable, "-m", "xpool.cli", "eval", "smoke", "model.pooling=mean",
@@ -83,7 +83,7 @@ def test_cli_eval_of_a_trained_run(workdir):
 
 
 def test_interrupted_run_resumes_to_identical_metrics(workdir, monkeypatch):
-    import xpool.train as tr
+    import xpool.engine.train as tr
 
     base = {"train.epochs": 2, "train.checkpoint_every": 2, "train.evals_per_epoch": 2,
             "data.train_sampling": "random"}
@@ -116,7 +116,7 @@ def test_interrupted_run_resumes_to_identical_metrics(workdir, monkeypatch):
 
 
 def test_nan_loss_stops_with_the_step(workdir, monkeypatch):
-    import xpool.train as tr
+    import xpool.engine.train as tr
 
     monkeypatch.setattr(tr, "symmetric_infonce", lambda sims, scale, **kw: sims.sum() * float("nan"))
     with pytest.raises(TrainingError, match="step 1"):
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_the_step(workdir, monkeypatch):
 
 def test_broken_training_video_is_skipped_and_reported(workdir):
     from xpool.data.corpora import load_msrvtt
-    from xpool.train import train
+    from xpool.engine.train import train
 
     cfg = smoke()
     broken_root = workdir / "broken_corpus"
@@ -142,8 +142,8 @@ def test_broken_training_video_is_skipped_and_reported(workdir):
 
 
 def test_frozen_features_train_and_resume_extraction(workdir):
-    from xpool.features import extract_features, feature_path, features_dir, load_features
-    from xpool.train import train
+    from xpool.engine.features import extract_features, feature_path, features_dir, load_features
+    from xpool.engine.train import train
 
     cfg = smoke(**{"model.frozen": True, "train.epochs": 2})
     out = extract_features(cfg, "train", shard_size=4, progress=False, max_shards=1)
@@ -154,9 +154,9 @@ def test_frozen_features_train_and_resume_extraction(workdir):
     extract_features(cfg, "train", shard_size=1000, progress=False)  # uninterrupted, one shard
     straight = load_features(cfg, "train")
     assert resumed.video_ids == straight.video_ids and resumed.texts == straight.texts
-    assert torch.equal(resumed.frame_feats, straight.frame_feats)
-    assert torch.equal(resumed.text_feats, straight.text_feats)
-    assert straight.frame_feats.dtype == torch.float16
+    assert torch.equal(resumed.frame_embeds, straight.frame_embeds)
+    assert torch.equal(resumed.text_embeds, straight.text_embeds)
+    assert straight.frame_embeds.dtype == torch.float16
     assert features_dir(cfg).is_dir()
 
     record = train(cfg, progress=False)
@@ -165,7 +165,8 @@ def test_frozen_features_train_and_resume_extraction(workdir):
 
 
 def test_validation_selection_holds_out_training_videos(workdir):
-    from xpool.train import load_split, train
+    from xpool.data.splits import load_split
+    from xpool.engine.train import train
 
     cfg = smoke(**{"train.selection": "val", "data.val_videos": 4})
     train_ids = set(load_split(cfg, "train").video_ids)
@@ -180,7 +181,7 @@ def test_validation_selection_holds_out_training_videos(workdir):
 
 def test_ddp_two_processes_match_one_process(workdir):
     """torchrun with gloo on CPU: same loss trajectory as one process with the same global batch."""
-    from xpool.train import train
+    from xpool.engine.train import train
 
     common = ["train.epochs=2", "train.batch_size=8"]
     train(load_config("smoke", [*common, "output.run_name=single"]), progress=False)
@@ -204,7 +205,7 @@ def test_ddp_two_processes_match_one_process(workdir):
 def test_torch_threads_limits_and_restores_the_thread_count():
     import torch
 
-    from xpool.train import torch_threads
+    from xpool.engine.setup import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

@@ -19,9 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from xpool.config import Config, dataset_key, save_config
+from xpool import reporting
+from xpool.config import Config, dataset_key, load_config, save_config
+from xpool.data.splits import ensure_data
+from xpool.engine.evaluate import build_eval_embeddings, result_metrics, score
+from xpool.engine.runs import environment_info
+from xpool.engine.setup import pick_device
 from xpool.errors import XPoolError
+from xpool.integrity import file_sha256
+from xpool.io import torch_save, write_json
+from xpool.model.build import build_model
+from xpool.model.checkpoints import load_authors_checkpoint
+from xpool.model.hf_clip import open_clip_to_hf_state_dict
+from xpool.model.pooling import XPool
+from xpool.model.retrieval import RetrievalModel
+from xpool.study import StudyStop
 
 __all__ = [
     "AUTHORS_CHECKPOINTS",
@@ -55,25 +69,18 @@ class AuthorsEvaluation:
     table_path: Path
 
 
-def authors_model(cfg: Config) -> Any:
+def authors_model(cfg: Config) -> RetrievalModel:
     """A randomly initialised ``RetrievalModel`` of the profile's architecture, to load into.
 
     QuickGELU, as in OpenAI's and Hugging Face's CLIP; no pretrained weights are fetched since
     the checkpoint replaces every one of them.
     """
-    from xpool.model.backbone import build_backbone
-    from xpool.model.pooling import build_pooling
-    from xpool.model.retrieval import RetrievalModel
-    from xpool.train import pooling_options
-
     if cfg.model.frozen:
         raise XPoolError(
             f"profile {cfg.profile} is a frozen-feature profile; the authors' checkpoints "
             "fine-tune CLIP: evaluate them with a paper-* profile"
         )
-    backbone = build_backbone(cfg.model.backbone, pretrained=None, quick_gelu=True)
-    head = build_pooling(cfg.model.pooling, backbone.embed_dim, **pooling_options(cfg))
-    return RetrievalModel(backbone, head)
+    return build_model(cfg, pretrained=None, quick_gelu=True)
 
 
 def _record_name(path: Path) -> str:
@@ -85,14 +92,6 @@ def _record_name(path: Path) -> str:
 def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test",
                                 progress: bool = True) -> AuthorsEvaluation:
     """Evaluate an authors' checkpoint on ``split`` of the profile's corpus and record it."""
-    from xpool import reporting
-    from xpool.evaluate import score
-    from xpool.integrity import file_sha256
-    from xpool.io import write_json
-    from xpool.model.checkpoints import load_authors_checkpoint
-    from xpool.runs import environment_info
-    from xpool.train import build_eval_embeddings, ensure_data, pick_device
-
     path = Path(checkpoint).expanduser()
     start = time.perf_counter()
     ensure_data(cfg, progress)
@@ -102,7 +101,7 @@ def evaluate_authors_checkpoint(cfg: Config, checkpoint: str | Path, split: str 
     model = model.to(device).eval()
     emb = build_eval_embeddings(cfg, model, split, device, progress=progress)
     result = score(model.pooling, emb, cfg.eval, device)
-    metrics = {k: v for k, v in result.items() if k in ("t2v", "v2t", "t2v_dsl", "v2t_dsl")}
+    metrics = result_metrics(result)
 
     name = _record_name(path)
     # Path(...).stem: a profile given as a YAML path must not put its folders into that path.
@@ -150,12 +149,9 @@ def missing_checkpoints_message(paths: dict[str, str | None]) -> str | None:
             "pass the paths as the notebook's parameters")
 
 
-def to_authors_format(model: Any, epoch: int = 0) -> dict[str, Any]:
+def to_authors_format(model: RetrievalModel, epoch: int = 0) -> dict[str, Any]:
     """A ``RetrievalModel`` with an X-Pool head as an authors' checkpoint dict (HF CLIP names
     under ``clip.``, their head names under ``pool_frames.``): what ``torch.save`` would write."""
-    from xpool.model.hf_clip import open_clip_to_hf_state_dict
-    from xpool.model.pooling import XPool
-
     if not isinstance(model.pooling, XPool) or not model.pooling.residual:
         raise XPoolError("only an X-Pool head with the residual block has the authors' layout")
     state = {f"clip.{k}": v for k, v in open_clip_to_hf_state_dict(model.backbone.model.state_dict()).items()}
@@ -168,10 +164,6 @@ def to_authors_format(model: Any, epoch: int = 0) -> dict[str, Any]:
 def random_smoke_checkpoint(cfg: Config, path: str | Path, seed: int = 0) -> Path:
     """Write a seeded random model of ``cfg``'s architecture in the authors' format (for the
     smoke profile: it exercises the whole path; its numbers mean nothing)."""
-    import torch
-
-    from xpool.io import torch_save
-
     torch.manual_seed(seed)
     model = authors_model(cfg)
     return torch_save(to_authors_format(model), path)
@@ -199,14 +191,9 @@ def authors_study(profile: str, checkpoints: dict[str, str | None],
         StudyStop: no checkpoint (or no corpus for one) is present; the message names the
             missing files and where the authors link them.
     """
-    from xpool.config import load_config
-    from xpool.study import StudyStop
-
     base = load_config(profile)
     results_dir = str(Path(output_dir).parent) if output_dir else base.output.results_dir
     if base.data.corpus == "synthetic":
-        from xpool.train import ensure_data
-
         cfg = load_config(profile, {"output.results_dir": results_dir,
                                     "model.pretrained": None})
         ensure_data(cfg, progress)

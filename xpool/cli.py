@@ -40,7 +40,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from xpool.data.synthetic import ensure_corpus
-    from xpool.pretrain import ensure_pretrained
+    from xpool.engine.pretrain import ensure_pretrained
     root = ensure_corpus(cfg)
     print(f"synthetic corpus: {root}")
     if cfg.model.pretrained == "synthetic" and not args.no_pretrain:
@@ -82,7 +82,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from xpool.features import extract_features
+    from xpool.engine.features import extract_features
     for split in args.splits:
         path = extract_features(cfg, split)
         print(f"{split}: {path}")
@@ -91,7 +91,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from xpool.train import train
+    from xpool.engine.train import train
     record = train(cfg, resume=args.resume, fresh=args.fresh)
     print(f"run record: {record.run_dir}")
     return 0
@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"run record: {res.record_dir}")
         print(f"table: {res.table_path} (and .md)")
         return 0
-    from xpool.evaluate import evaluate_checkpoint
+    from xpool.engine.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
     for direction, metrics in result.items():
         print(direction, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from xpool.errors import ConfigError
+from xpool.io import atomic_write_text
 from xpool.paths import resolve
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -96,7 +97,7 @@ class PretrainConfig:
     # (hard negatives; see xpool.data.synthetic.SceneImageStream). 1 = independent scenes.
     group_size: int = 4
     # Fraction of the steps during which the text tower stays at its random initialisation (only
-    # the image tower learns; see xpool.pretrain). 0 = joint training from the start.
+    # the image tower learns; see xpool.engine.pretrain). 0 = joint training from the start.
     text_freeze: float = 0.5
 
 
@@ -105,7 +106,8 @@ class ModelConfig:
     """Backbone and pooling head.
 
     `pretrained` is an open_clip tag (`openai`), a path to a local checkpoint, `synthetic` (the
-    tiny CLIP pretrained in-study on synthetic scenes, see `xpool.pretrain`) or null (random).
+    tiny CLIP pretrained in-study on synthetic scenes, see `xpool.engine.pretrain`) or null
+    (random).
     """
 
     backbone: str = "ViT-B-32"
@@ -143,6 +145,8 @@ class TrainConfig:
     evals_per_epoch: int = 1
     selection: str = "test"
     selection_window: int = 1
+    # The progress bar's loss and speed are updated every N steps (and at the last);
+    # train_log.csv, the run's training curve, keeps every step.
     log_every: int = 10
     # "hf_adamw" (Hugging Face transformers' AdamW, the authors' optimizer: eps before the bias
     # correction) or "torch_adamw" (torch.optim.AdamW). See xpool.optim.
@@ -503,6 +507,4 @@ def config_from_dict(d: Mapping[str, Any], where: str = "<dict>") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from xpool.io import atomic_write_text
-
     return atomic_write_text(path, cfg.to_yaml())

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from xpool.io import read_json, write_json
+
 _CHUNK = 1 << 20
 
 
@@ -58,8 +60,6 @@ ARTIFACTS_FILE = "artifacts.json"
 def record_artifact(profile_dir: str | Path, section: str, key: str, value: Any) -> None:
     """Merge `value` under `section`/`key` into `<profile_dir>/artifacts.json` (committed with
     the results; the reproduction check compares it with the committed one)."""
-    from xpool.io import read_json, write_json
-
     path = Path(profile_dir) / ARTIFACTS_FILE
     data = read_json(path) if path.is_file() else {}
     if data.get(section, {}).get(key) == value:

@@ -61,11 +61,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically."""
-    return atomic_write(path, lambda p: p.write_bytes(data))
-
-
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

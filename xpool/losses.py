@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xpool.errors import XPoolError
+from xpool.model.retrieval import MAX_LOGIT_SCALE
 
-__all__ = ["MAX_LOGIT_SCALE", "symmetric_infonce"]
-
-MAX_LOGIT_SCALE = 100.0  # CLIP clamps the temperature-inverse at 100
+__all__ = ["symmetric_infonce"]
 
 
 def symmetric_infonce(
@@ -39,8 +38,8 @@ def symmetric_infonce(
             video-to-text term of a non-square ``sims`` uses the local block only: local video
             ``offset + i`` against this rank's B_local texts.
         clamp_in_loss: also cap the scale at 100 here. The authors do not: they clamp the
-            parameter after each optimizer step (``xpool.train.clamp_logit_scale_``), so at the
-            cap the scale keeps a non-zero gradient. Clamping here zeroes it above 100.
+            parameter after each optimizer step (``xpool.engine.train.clamp_logit_scale_``), so
+            at the cap the scale keeps a non-zero gradient. Clamping here zeroes it above 100.
 
     Returns:
         scalar loss.

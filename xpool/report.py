@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xpool.config import load_config
 from xpool.errors import XPoolError
-from xpool.paths import shown
+from xpool.paths import resolve, shown
 
 REPORT_DIR = "report"
 CHECK_FILE = "reproduction_check.md"
@@ -154,8 +155,6 @@ def _fix_relative_links(body: str, prefix: str) -> str:
 
 def build_report(profile_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     """Write the static site of one profile's results; returns `report/index.html`."""
-    from xpool.paths import resolve
-
     out = resolve(profile_dir)
     nb_dir, tables_dir = out / "notebooks", out / "tables"
     notebooks = sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
@@ -208,8 +207,6 @@ def build_report(profile_dir: str | Path, log: Callable[[str], None] = print) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m xpool.report [PROFILE]` (what `make report` runs)."""
-    from xpool.config import load_config
-
     ap = argparse.ArgumentParser(prog="python -m xpool.report", description=__doc__.split("\n")[0])
     ap.add_argument("profile", nargs="?", default="embedded")
     ap.add_argument("--results-dir", default=None,

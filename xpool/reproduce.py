@@ -28,11 +28,11 @@ from typing import Any, Literal, NamedTuple
 
 from xpool.config import Config, dataset_key, load_config
 from xpool.determinism import STUDY_ISA, cap_cpu_isa
+from xpool.engine.runs import LOCAL_MARKER, cpu_model
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
 from xpool.notebook_exec import INTERRUPTED, run_notebook
 from xpool.report import build_report
-from xpool.runs import LOCAL_MARKER, cpu_model
 
 # The modules that load torch (the study, the synthetic corpus, pretraining) are imported inside
 # the functions that need them: torch must load only after `_cpu_caps` has capped its CPU kernels.
@@ -270,7 +270,7 @@ def _prepare_synthetic(cfg: Config, figures_only: bool, tally: _Tally,
     """
     # Inside: they load torch, which must come after `_cpu_caps` (see the note at the top).
     from xpool.data.synthetic import ensure_corpus
-    from xpool.pretrain import ensure_pretrained
+    from xpool.engine.pretrain import ensure_pretrained
 
     t = time.time()
     log("[reproduce] synthetic corpus" + ("" if figures_only else " and tiny-CLIP pretraining")

@@ -31,11 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from xpool import reporting
+from xpool.authors import authors_model
 from xpool.config import Config, config_from_dict, save_config
+from xpool.data.frame_cache import FrameCache
+from xpool.data.transforms import transform_for
+from xpool.engine.evaluate import pretrained_model
+from xpool.engine.setup import pick_device
 from xpool.errors import XPoolError
 from xpool.io import atomic_write, read_json, write_json
+from xpool.model.build import load_model_state, pooling_options
+from xpool.model.checkpoints import is_authors_file, load_authors_checkpoint
+from xpool.model.pooling import AttentionPooling, TopKPooling, XPool, build_pooling
+from xpool.similarity import similarity_matrix
+from xpool.twostage import two_stage_search
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -72,8 +85,6 @@ def find_videos(folder: str | Path) -> list[Path]:
 def _model_for(cfg: Config, checkpoint: str | Path | None) -> nn.Module:
     """The retrieval model of ``cfg`` with ``checkpoint`` loaded (authors' or a run's)."""
     if checkpoint is None:
-        from xpool.train import make_model
-
         if cfg.model.frozen:
             raise XPoolError("frozen-* profiles have no image tower to embed new videos with; use "
                              "a paper-* profile or give --checkpoint")
@@ -83,19 +94,13 @@ def _model_for(cfg: Config, checkpoint: str | Path | None) -> nn.Module:
             raise XPoolError("model.pretrained is none and no --checkpoint was given: the index "
                              "would be made with random weights; give --checkpoint PATH or "
                              "model.pretrained=openai (or a HF folder / weights file)")
-        return make_model(cfg)
+        return pretrained_model(cfg)
     path = Path(checkpoint).expanduser()
-    from xpool.model.checkpoints import is_authors_file, load_authors_checkpoint
-
     if is_authors_file(path):
-        from xpool.authors import authors_model
-
         model = authors_model(cfg)
         load_authors_checkpoint(model, path)
         return model
-    from xpool.train import load_model_state, make_model
-
-    model = make_model(cfg)
+    model = pretrained_model(cfg)
     load_model_state(model, path)
     return model
 
@@ -151,12 +156,6 @@ def build_index(cfg: Config, videos_dir: str | Path, index_dir: str | Path,
         XPoolError: a missing folder, an index made with another model (delete it or choose
             another ``index_dir``), or a checkpoint that does not fit the profile.
     """
-    from tqdm.auto import tqdm
-
-    from xpool.data.frame_cache import FrameCache
-    from xpool.data.transforms import VideoTransform
-    from xpool.train import pick_device
-
     start = time.perf_counter()
     videos = find_videos(videos_dir)
     index_dir = Path(index_dir).expanduser()
@@ -178,7 +177,7 @@ def build_index(cfg: Config, videos_dir: str | Path, index_dir: str | Path,
     model = _model_for(cfg, checkpoint).to(device).eval()
     bb = model.backbone
     cache = FrameCache(index_dir / "frames", cfg.data.num_frames, bb.image_size)
-    transform = VideoTransform(bb.image_size, bb.image_mean, bb.image_std, train=False)
+    transform = transform_for(bb, train=False)
     manifest: dict[str, Any] = {
         "format": _FORMAT, "model_id": model_id, "profile": cfg.profile,
         "checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None,
@@ -235,8 +234,6 @@ class VideoIndex:
 
     def frames(self, i: int) -> np.ndarray:
         """The decoded uint8 frames [F, H, W, 3] of video ``i`` (from the index's frame cache)."""
-        from xpool.data.frame_cache import FrameCache
-
         size = int(read_json(self.index_dir / INDEX_FILE).get("image_size", 224))
         cache_dir = self.index_dir / "frames"
         cache = FrameCache(cache_dir, self.cfg.data.num_frames, size)
@@ -249,8 +246,6 @@ def load_index(index_dir: str | Path) -> VideoIndex:
     Raises:
         XPoolError: no index there, or an index without any embedded video.
     """
-    import yaml
-
     index_dir = Path(index_dir).expanduser()
     manifest_path = index_dir / INDEX_FILE
     if not manifest_path.is_file():
@@ -294,13 +289,9 @@ def rank_videos(pooling: nn.Module, text_embed: Tensor, frame_embeds: Tensor,
     Exhaustive exact similarities (X-Pool through ``xpool.similarity``'s fast path) up to
     ``TWO_STAGE_ABOVE`` videos; above, ``xpool.twostage``: a mean-pooled shortlist of
     ``SHORTLIST_K`` (exact torch top-k, no FAISS needed) reranked exactly by the head."""
-    from xpool.similarity import similarity_matrix
-
     num_videos = frame_embeds.shape[0]
     k = min(int(top), num_videos)
     if search_method(num_videos, k).startswith("two-stage"):
-        from xpool.twostage import two_stage_search
-
         scores, idx = two_stage_search(pooling, text_embed, frame_embeds, k=SHORTLIST_K, top=k,
                                        kind="exact")
         return idx[0], scores[0].float()
@@ -314,8 +305,6 @@ def frame_weights(pooling: nn.Module, text_embed: Tensor, frame_embeds: Tensor) 
     """Each frame's weight in the pooled embedding, [V, F], for text-conditioned heads; None
     for text-agnostic ones. X-Pool: attention averaged over heads; parameter-free attention:
     its softmax; top-k: 1/k on the chosen frames."""
-    from xpool.model.pooling import AttentionPooling, TopKPooling, XPool
-
     if isinstance(pooling, XPool):
         _, attn = pooling(text_embed, frame_embeds, return_attention=True)
         return attn[:, 0]
@@ -346,9 +335,6 @@ _MODELS: dict[tuple[str, str | None, str], nn.Module] = {}
 
 def _search_model(index: VideoIndex, pooling: str | None) -> nn.Module:
     """The index's model (cached per process), with another head if ``pooling`` asks for one."""
-    from xpool.model.pooling import build_pooling
-    from xpool.train import pooling_options
-
     key = (str(index.index_dir.resolve()), index.checkpoint, index.cfg.fingerprint())
     model = _MODELS.get(key)
     if model is None:
@@ -406,8 +392,6 @@ class IndexExplorer:
     def show(self, query: str, k: int = 5) -> list[Any]:
         """The top-k videos' frame strips, and the best match's frame weights where the head is
         text-conditioned."""
-        from xpool import reporting
-
         index = self.index
         hits = search(index, query, top=k, pooling=self.pooling)
         pos = {p: i for i, p in enumerate(index.paths)}
@@ -430,6 +414,7 @@ def explore_index(index_dir: str | Path, query: str, top: int = 5,
 
 def index_widget(explorer: IndexExplorer, k: int = 5) -> Any:
     """A text box and a button: type a caption, see the top-k indexed videos."""
+    # Notebook-only dependencies: the command line never needs them.
     import ipywidgets as w
     import matplotlib.pyplot as plt
     from IPython.display import display

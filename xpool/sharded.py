@@ -17,7 +17,8 @@ query, which the ranks add up.
   per-video ranks are summed into one [V] vector (each rank fills its own slice).
 
 Launch with ``torchrun --nproc_per_node N`` (gloo on CPU, NCCL on GPU; see
-``xpool.distributed.init_distributed``); without a process group the functions run as one rank.
+``xpool.engine.distributed.init_distributed``); without a process group the functions run as one
+rank.
 NaN scores follow ``xpool.metrics``: a NaN ground truth gets the worst rank.
 """
 

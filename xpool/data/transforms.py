@@ -22,12 +22,13 @@ make crops depend only on (seed, epoch, index), which is what exact resume needs
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VideoTransform", "random_resized_crop_params"]
+__all__ = ["VideoTransform", "random_resized_crop_params", "transform_for"]
 
 Generator = torch.Generator | np.random.Generator | None
 
@@ -143,3 +144,18 @@ class VideoTransform:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous()
+
+
+class ImageParams(Protocol):
+    """What a transform needs to know of a backbone (``ClipBackbone`` has all three)."""
+
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+
+def transform_for(backbone: ImageParams, train: bool, antialias: bool = True) -> VideoTransform:
+    """The frame transform of ``backbone``'s input size and normalisation: the authors' training
+    augmentation when ``train``, else resize plus centre crop."""
+    return VideoTransform(backbone.image_size, backbone.image_mean, backbone.image_std,
+                          train=train, antialias=antialias)

@@ -56,7 +56,6 @@ class ClipBackbone(nn.Module):
         embed_dim: size of the joint embedding space.
         image_size: input side in pixels (square).
         image_mean, image_std: per-channel normalization the image tower expects.
-        interpolation: resize interpolation of the pretrained preprocessing ("bicubic" for CLIP).
         context_length: token sequence length.
     """
 
@@ -71,7 +70,6 @@ class ClipBackbone(nn.Module):
         cfg = open_clip.get_model_preprocess_cfg(model)
         self.image_mean = tuple(float(x) for x in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.image_std = tuple(float(x) for x in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        self.interpolation = str(cfg.get("interpolation", "bicubic"))
         self.context_length = int(getattr(model, "context_length", 77))
         self._tokenizer = open_clip.get_tokenizer(model_name, context_length=self.context_length)
 

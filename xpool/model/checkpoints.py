@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from xpool.errors import XPoolError
 from xpool.model.hf_clip import convert_hf_clip_state_dict, is_hf_clip_state_dict
+from xpool.model.pooling import convert_authors_xpool_state_dict
 
 __all__ = [
     "AuthorsCheckpoint",
@@ -93,8 +94,6 @@ def read_authors_checkpoint(path: str | Path) -> AuthorsCheckpoint:
     Raises:
         XPoolError: a missing or unreadable file, or one not in the authors' format.
     """
-    from xpool.model.pooling import convert_authors_xpool_state_dict
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise XPoolError(

@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xpool.errors import XPoolError
-from xpool.losses import MAX_LOGIT_SCALE
-from xpool.model.backbone import ClipBackbone, build_backbone
-from xpool.model.pooling import build_pooling
+from xpool.model.backbone import ClipBackbone
 
-__all__ = ["RetrievalModel", "build_model"]
+__all__ = ["MAX_LOGIT_SCALE", "RetrievalModel"]
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps the temperature-inverse (exp of the logit scale) at 100
 
 
 class RetrievalModel(nn.Module):
@@ -87,21 +86,13 @@ class RetrievalModel(nn.Module):
         """Cosine similarities [T, V] via the head's forward: pool, L2-normalize, dot.
 
         This is the plain differentiable path used in training (dropout active in train mode).
-        For large evaluation sets use ``similarity_matrix``.
+        For large evaluation sets use ``xpool.similarity.similarity_matrix``.
         """
         pooled = self.pooling(text_embeds, frame_embeds)
         t = F.normalize(text_embeds, dim=-1)
         if self.pooling.text_conditioned:
             return torch.einsum("vtd,td->tv", F.normalize(pooled, dim=-1), t)
         return t @ F.normalize(pooled, dim=-1).T
-
-    def similarity_matrix(
-        self, text_embeds: Tensor, frame_embeds: Tensor, chunk_size: int | None = None
-    ) -> Tensor:
-        """Exact [T, V] similarities for evaluation, in bounded memory (``xpool.similarity``)."""
-        from xpool.similarity import similarity_matrix
-
-        return similarity_matrix(self.pooling, text_embeds, frame_embeds, chunk_size=chunk_size)
 
     def forward(self, tokens: Tensor, frames: Tensor) -> Tensor:
         """Cosine similarities [T, V] of tokenized captions against videos' frames."""
@@ -155,27 +146,3 @@ class RetrievalModel(nn.Module):
                 )
         return groups
 
-
-def build_model(
-    model_name: str,
-    pretrained: str | None,
-    pooling: str,
-    pooling_options: dict[str, Any] | None = None,
-    frozen: bool = False,
-    cache_dir: str | None = None,
-) -> RetrievalModel:
-    """Build a retrieval model from names.
-
-    With ``frozen=True`` no CLIP model is built (frozen-feature mode: the head trains on cached
-    features); the embedding size comes from the open_clip config of ``model_name``.
-    """
-    options = dict(pooling_options or {})
-    if frozen:
-        cfg = open_clip.get_model_config(model_name)
-        if cfg is None:
-            raise XPoolError(f"unknown open_clip model {model_name!r}")
-        embed_dim = int(cfg["embed_dim"])
-        return RetrievalModel(None, build_pooling(pooling, embed_dim, **options), embed_dim)
-    backbone = build_backbone(model_name, pretrained, cache_dir=cache_dir)
-    head = build_pooling(pooling, backbone.embed_dim, **options)
-    return RetrievalModel(backbone, head)

@@ -15,14 +15,14 @@ import torch
 
 from xpool import reporting
 from xpool.config import RESULT_DIRECTIONS, Config, dataset_key
+from xpool.engine.embed import Embeddings
+from xpool.engine.runs import RunRecord
 from xpool.errors import XPoolError
-from xpool.evaluate import EvalEmbeddings
 from xpool.io import read_json, torch_load
+from xpool.model.build import pooling_options
 from xpool.model.pooling import build_pooling
 from xpool.paths import resolve
-from xpool.runs import RunRecord
 from xpool.similarity import similarity_matrix
-from xpool.train import pooling_options
 
 
 @dataclass
@@ -122,7 +122,7 @@ class RunOutputs:
     and read X-Pool's attention without the backbone."""
 
     result: RunResult
-    emb: EvalEmbeddings
+    emb: Embeddings
     head: torch.nn.Module  # the pooling head, in eval mode
 
     @property
@@ -159,7 +159,7 @@ def load_outputs(result: RunResult) -> RunOutputs:
     for name in ("test_embeddings.pt", "pooling_head.pt"):
         if not (run_dir / name).is_file():
             raise XPoolError(f"run {run_dir} has no {name}: rerun it (make reproduce FRESH=1)")
-    emb = EvalEmbeddings.load(run_dir / "test_embeddings.pt")
+    emb = Embeddings.load(run_dir / "test_embeddings.pt")
     cfg = result.config
     head = build_pooling(cfg.model.pooling, int(emb.text_embeds.shape[1]), **pooling_options(cfg))
     head.load_state_dict(torch_load(run_dir / "pooling_head.pt", "pooling head"))

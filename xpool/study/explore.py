@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from xpool import reporting
+from xpool.engine.evaluate import pretrained_model
+from xpool.engine.pretrain import CHECKPOINT, cache_path
 from xpool.errors import XPoolError
-from xpool.pretrain import CHECKPOINT, cache_path
+from xpool.model.build import load_model_state
 from xpool.study.collect import RunResult, load_outputs, results_from_table
 from xpool.study.figures import attention_figure, top5_figure
 from xpool.study.qualitative import CAPTION_GLUE, synthetic_vocabulary, video_frames
-from xpool.train import load_model_state, make_model
 
 
 class Explorer:
@@ -60,9 +61,9 @@ class Explorer:
             cfg = self.out.config
             if cfg.model.frozen:
                 cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, frozen=False))
-                self._model = make_model(cfg)
+                self._model = pretrained_model(cfg)
             else:
-                self._model = make_model(cfg)
+                self._model = pretrained_model(cfg)
                 load_model_state(self._model, self.out.result.record.best_checkpoint)
             self._model.eval()
         with torch.no_grad():

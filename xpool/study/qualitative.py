@@ -14,11 +14,11 @@ import pandas as pd
 
 from xpool.config import Config
 from xpool.data import synthetic as sy
+from xpool.data.splits import load_split
 from xpool.data.synthetic import build_specs, is_subsequence, parse_caption, render_video
 from xpool.data.video import sample_frames, sample_indices
 from xpool.errors import CorpusError, XPoolError
 from xpool.study.collect import RunOutputs, RunResult
-from xpool.train import load_split
 
 
 def _synthetic_specs(cfg: Config) -> dict[str, Any]:

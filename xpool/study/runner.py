@@ -4,7 +4,7 @@ A `Study` holds what every notebook's `parameters` cell sets (profile, output fo
 fine-tune or frozen-feature mode, figures-only, fresh) and turns (overrides, seed) pairs into
 finished runs:
 
-- normally through `xpool.train.train(cfg, resume=True)`, which returns a finished run with the
+- normally through `xpool.engine.train.train(cfg, resume=True)`, which returns a finished run with the
   same resolved config from disk instead of retraining, so notebooks share runs (01 and 05 use the
   same X-Pool / mean / self-attention runs) and an interrupted study continues where it stopped;
 - with `figures_only=True` it never trains: it reads the finished record and raises a clear error
@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from xpool.config import Config, load_config
+from xpool.data.splits import ensure_data, eval_split, load_split
 from xpool.data.synthetic import ensure_corpus, load_meta
+from xpool.engine.features import extract_features, feature_key, feature_path, verify_features
+from xpool.engine.pretrain import cache_path, ensure_pretrained, verify_checkpoint
+from xpool.engine.runs import RunRecord
+from xpool.engine.setup import torch_threads
+from xpool.engine.train import train
 from xpool.errors import ConfigError, CorpusError, XPoolError
-from xpool.features import extract_features, feature_key, feature_path, verify_features
 from xpool.integrity import record_artifact
 from xpool.paths import resolve
-from xpool.pretrain import cache_path, ensure_pretrained, verify_checkpoint
-from xpool.runs import RunRecord
 from xpool.study.collect import RunResult
-from xpool.train import load_split, torch_threads, train
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +249,9 @@ class Study:
             ensure_pretrained(cfg, progress=self.progress)
             self._record_pretrained(cfg)
         if cfg.data.corpus == "synthetic":
+            ensure_data(cfg, progress=self.progress)  # generated on first use, then recorded
             self._record_corpus(cfg)
-        eval_split = "val" if cfg.train.selection == "val" else "test"
-        for split in sorted({"train", eval_split, "test"}):
+        for split in sorted({"train", eval_split(cfg), "test"}):
             if not feature_path(cfg, split).is_file() and self.progress:
                 log.info("extracting frozen features of the %s split (%s, %d frames)", split,
                          cfg.data_root, cfg.data.num_frames)

@@ -11,14 +11,15 @@ variants (hard negatives), and two phases: for the first `pretrain.text_freeze` 
 text tower stays at its random initialisation and only the image tower (and the logit scale)
 learns; then both train. Trained jointly from the first step, the two towers agree early on to
 ignore the attributes that are subtle in pixels (motion, shape) and stay stuck there.
-`python -m xpool.pretrain PROFILE` also reports a frozen mean-pooling check on the video test split.
+`python -m xpool.engine.pretrain_check PROFILE` pretrains (or reuses the cache) and also reports a
+frozen mean-pooling check on the video test split.
 
 Results are cached under `pretrain.cache_dir/<key>/`, where the key hashes everything that
 determines the weights (backbone name, the pretrain section, the render resolution and the
 renderer version): `checkpoint.pt` (open_clip state dict, loadable with
 `build_backbone(name, pretrained=<path>)`), `loss.csv`, `loss.png` and `metrics.json` (held-out
-image->text and text->image retrieval, wall time). `metrics.json` is written last and marks a
-complete entry; a second call with the same inputs reuses it.
+image->text and text->image retrieval, wall time). `metrics.json` (`METRICS_FILE`) is written last
+and marks a complete entry; a second call with the same inputs reuses it.
 """
 
 from __future__ import annotations
@@ -28,20 +29,27 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from xpool.config import Config
 from xpool.data.synthetic import RENDERER_VERSION, SceneImageStream, held_out_scenes
-from xpool.data.transforms import VideoTransform
-from xpool.errors import ConfigError, TrainingError
+from xpool.data.transforms import VideoTransform, transform_for
+from xpool.determinism import STUDY_THREADS
+from xpool.engine.setup import cosine_with_warmup, torch_threads
+from xpool.errors import ConfigError, TrainingError, XPoolError
+from xpool.integrity import tensors_sha256
 from xpool.io import atomic_write, atomic_write_text, read_json, torch_save, write_json
+from xpool.losses import symmetric_infonce
+from xpool.metrics import t2v_metrics
+from xpool.model.backbone import ClipBackbone, build_backbone
 from xpool.paths import resolve
 
 __all__ = [
@@ -49,13 +57,15 @@ __all__ = [
     "cache_path",
     "ensure_pretrained",
     "evaluate_held_out",
+    "load_metrics",
     "resolve_pretrained",
+    "verify_checkpoint",
 ]
 
 # Bump when the training procedure changes, so old checkpoints are not reused.
 PRETRAIN_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
+METRICS_FILE = "metrics.json"
 # The held-out set depends only on its size and the resolution (not on the training seed), so
 # checkpoints trained with different seeds are scored on the same images.
 HELD_OUT_SEED = 0
@@ -96,7 +106,7 @@ def ensure_pretrained(config: Config, progress: bool = True) -> Path:
     """
     out = cache_path(config)
     ckpt = out / CHECKPOINT
-    if (out / METRICS).is_file() and ckpt.is_file():
+    if (out / METRICS_FILE).is_file() and ckpt.is_file():
         verify_checkpoint(out)
         return ckpt
     if config.pretrain.steps == 0:
@@ -114,38 +124,27 @@ _VERIFIED: dict[Path, tuple[int, int]] = {}
 
 def verify_checkpoint(out: Path) -> str:
     """Check the cached checkpoint's tensors against the sha256 in its metrics; returns it."""
-    from xpool.errors import XPoolError
-    from xpool.integrity import tensors_sha256
-
     ckpt = out / CHECKPOINT
-    expected = read_json(out / METRICS).get("tensors_sha256")
+    expected = read_json(out / METRICS_FILE).get("tensors_sha256")
     if not expected:
-        raise XPoolError(f"{out / METRICS} records no tensors_sha256 (made by an older xpool): "
+        raise XPoolError(f"{out / METRICS_FILE} records no tensors_sha256 (made by an older xpool): "
                          f"delete {out} so that the tiny CLIP is pretrained again")
     st = ckpt.stat()
     if _VERIFIED.get(ckpt) == (st.st_mtime_ns, st.st_size):
         return expected
     actual = tensors_sha256(torch.load(ckpt, map_location="cpu", weights_only=True))
     if actual != expected:
-        raise XPoolError(f"{ckpt}: its tensors' sha256 is {actual}, but {out / METRICS} records "
+        raise XPoolError(f"{ckpt}: its tensors' sha256 is {actual}, but {out / METRICS_FILE} records "
                          f"{expected}: the file was changed or damaged; delete {out} so that the "
                          f"tiny CLIP is pretrained again")
     _VERIFIED[ckpt] = (st.st_mtime_ns, st.st_size)
     return expected
 
 
-def _transform(backbone: Any) -> VideoTransform:
+def _transform(backbone: ClipBackbone) -> VideoTransform:
     # The engine's test-time frame transform, so pretraining sees frames exactly as the study
     # will (resize + center crop to the model's input size, CLIP normalization).
-    return VideoTransform(backbone.image_size, backbone.image_mean, backbone.image_std, train=False)
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to 1, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return transform_for(backbone, train=False)
 
 
 def _is_text_param(name: str) -> bool:
@@ -207,24 +206,33 @@ def encode_text_trimmed(backbone: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _pretrain(config: Config, out: Path, progress: bool) -> None:
-    from xpool.determinism import STUDY_THREADS
-    from xpool.train import torch_threads
-
     # A fixed thread count: the reductions' rounding depends on it (see xpool.determinism).
     with torch_threads(STUDY_THREADS):
-        _pretrain_steps(config, out, progress)
+        start = time.perf_counter()
+        torch.manual_seed(config.pretrain.seed)
+        run = _setup(config)
+        rows = _loop(run, config.pretrain.steps, config.pretrain.batch_size, progress)
+        train_seconds = time.perf_counter() - start
+        _report(config, run, rows, out, start, train_seconds, progress)
 
 
-def _pretrain_steps(config: Config, out: Path, progress: bool) -> None:
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class _Pretraining:
+    """What the pretraining loop works on: the model, its data, optimizer and schedule."""
 
-    from xpool.integrity import tensors_sha256
-    from xpool.losses import symmetric_infonce
-    from xpool.model.backbone import build_backbone
+    backbone: ClipBackbone
+    transform: VideoTransform
+    stream: SceneImageStream
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    freeze: int  # steps during which the text tower stays at its initialisation
+    text_params: list[torch.nn.Parameter]
 
+
+def _setup(config: Config) -> _Pretraining:
+    """A randomly initialised backbone (from torch's RNG, seeded by the caller), the scene
+    stream, AdamW and the two-phase schedule."""
     p = config.pretrain
-    start = time.perf_counter()
-    torch.manual_seed(p.seed)
     backbone = build_backbone(config.model.backbone, pretrained=None)
     backbone.train()
     transform = _transform(backbone)
@@ -241,28 +249,37 @@ def _pretrain_steps(config: Config, out: Path, progress: bool) -> None:
     # differ for every caption); phase 2 trains both, with a fresh warmup for the text tower.
     freeze = round(p.text_freeze * p.steps)
     text_params = [q for n, q in backbone.named_parameters() if _is_text_param(n)]
-
-    def text_factor(s: int) -> float:
-        if s < freeze:
-            return 0.0
-        return min(1.0, (s - freeze + 1) / max(1, p.warmup_steps)) * _lr_factor(
-            s, p.warmup_steps, p.steps
-        )
-
-    def image_factor(s: int) -> float:
-        return _lr_factor(s, p.warmup_steps, p.steps)
-
+    image_factor = cosine_with_warmup(p.steps, p.warmup_steps)
+    text_factor = _text_schedule(image_factor, freeze, p.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, [image_factor, image_factor, text_factor, text_factor]
     )
+    return _Pretraining(backbone, transform, stream, opt, sched, freeze, text_params)
+
+
+def _text_schedule(schedule: Callable[[int], float], freeze: int,
+                   warmup: int) -> Callable[[int], float]:
+    """The text tower's multiplier: 0 while frozen, then a fresh linear warmup times `schedule`."""
+
+    def factor(s: int) -> float:
+        if s < freeze:
+            return 0.0
+        return min(1.0, (s - freeze + 1) / max(1, warmup)) * schedule(s)
+
+    return factor
+
+
+def _loop(run: _Pretraining, steps: int, batch_size: int, progress: bool) -> list[dict[str, float]]:
+    """`steps` contrastive steps; returns one row (loss, learning rates, scale) per step."""
+    backbone = run.backbone
     rows: list[dict[str, float]] = []
-    bar = tqdm(range(p.steps), desc="pretrain tiny CLIP", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc="pretrain tiny CLIP", unit="step", disable=not progress)
     for step in bar:
-        text_trains = step >= freeze
-        for q in text_params:
+        text_trains = step >= run.freeze
+        for q in run.text_params:
             q.requires_grad_(text_trains)  # frozen: no text backward at all (cheaper steps)
-        images, captions = stream.batch(p.batch_size)
-        x = transform(images)
+        images, captions = run.stream.batch(batch_size)
+        x = run.transform(images)
         tokens = backbone.tokenize(captions)
         img = F.normalize(backbone.encode_images(x), dim=-1)
         with torch.set_grad_enabled(text_trains):
@@ -272,26 +289,32 @@ def _pretrain_steps(config: Config, out: Path, progress: bool) -> None:
         loss = symmetric_infonce(txt @ img.T, backbone.logit_scale)
         if not torch.isfinite(loss):
             raise TrainingError(f"pretraining loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        run.opt.step()
+        run.sched.step()
         rows.append(
             {
                 "step": step + 1,
                 "loss": float(loss.item()),
-                "lr": float(opt.param_groups[0]["lr"]),
-                "text_lr": float(opt.param_groups[2]["lr"]),
+                "lr": float(run.opt.param_groups[0]["lr"]),
+                "text_lr": float(run.opt.param_groups[2]["lr"]),
                 "logit_scale": float(backbone.logit_scale.exp().item()),
             }
         )
         bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
     bar.close()
-    train_seconds = time.perf_counter() - start
+    return rows
 
+
+def _report(config: Config, run: _Pretraining, rows: list[dict[str, float]], out: Path,
+            start: float, train_seconds: float, progress: bool) -> None:
+    """Held-out retrieval, then the cache entry: checkpoint, loss curve, and `metrics.json`
+    last (it marks the entry complete)."""
+    p, backbone = config.pretrain, run.backbone
     backbone.eval()
-    metrics = evaluate_held_out(backbone, config.pretrain.eval_images, config.synth.resolution)
+    metrics = evaluate_held_out(backbone, p.eval_images, config.synth.resolution)
     metrics.update(
         {
             "backbone": config.model.backbone,
@@ -311,8 +334,8 @@ def _pretrain_steps(config: Config, out: Path, progress: bool) -> None:
         }
     )
     torch_save(backbone.model.state_dict(), out / CHECKPOINT)
-    _write_curve(rows, out, text_from=freeze)
-    write_json(out / METRICS, metrics)  # last: marks the cache entry complete
+    _write_curve(rows, out, text_from=run.freeze)
+    write_json(out / METRICS_FILE, metrics)  # last: marks the cache entry complete
     if progress:
         print(
             f"pretrained {config.model.backbone} in {train_seconds:.0f}s: held-out R@1 "
@@ -330,8 +353,6 @@ def evaluate_held_out(
     Captions are pairwise distinct, so every image has exactly one correct caption; R@K in
     percent with ties counted against the query (xpool.metrics).
     """
-    from xpool.metrics import t2v_metrics
-
     images, captions, _ = held_out_scenes(n, resolution, seed=HELD_OUT_SEED)
     transform = _transform(backbone)
     img = torch.cat(
@@ -388,75 +409,4 @@ def _write_curve(rows: list[dict[str, float]], out: Path, text_from: int = 0) ->
 
 def load_metrics(config: Config) -> dict[str, Any]:
     """The cached pretraining metrics of `config` (after `ensure_pretrained`)."""
-    return read_json(cache_path(config) / METRICS)
-
-
-@torch.no_grad()
-def evaluate_frozen_mean_pool(
-    config: Config, checkpoint: str | Path, num_frames: int = 8, batch_size: int = 32
-) -> dict[str, float]:
-    """Sanity check of the benchmark: text-to-video retrieval on the synthetic test split with
-    the frozen pretrained tiny CLIP and mean pooling (uniform frames, L2-normalized frame
-    embeddings averaged, cosine against the text embeddings). No training involved.
-    """
-    from xpool.data.corpora import load_corpus
-    from xpool.data.video import sample_frames
-    from xpool.metrics import t2v_metrics
-    from xpool.model.backbone import build_backbone
-
-    corpus = load_corpus("synthetic", config.data_root, "test")
-    backbone = build_backbone(config.model.backbone, pretrained=str(checkpoint)).eval()
-    transform = _transform(backbone)
-    ids = corpus.video_ids
-    pooled = []
-    for i in range(0, len(ids), batch_size):
-        clips = [transform(sample_frames(corpus.videos[v], num_frames)[0]) for v in ids[i : i + batch_size]]
-        frames = F.normalize(backbone.encode_frames(torch.stack(clips)), dim=-1)
-        pooled.append(F.normalize(frames.mean(dim=1), dim=-1))
-    videos = torch.cat(pooled)
-    tokens = backbone.tokenize([c.text for c in corpus.captions])
-    texts = F.normalize(backbone.encode_text(tokens), dim=-1)
-    index = {v: k for k, v in enumerate(ids)}
-    truth = np.array([index[c.video_id] for c in corpus.captions])
-    out = t2v_metrics((texts @ videos.T).numpy(), truth)
-    out["chance_R1"] = 100.0 / len(ids)
-    out["scenes"] = config.synth.scenes
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m xpool.pretrain PROFILE [key=value ...]`: generate the corpus, pretrain (or
-    reuse the cache), and print the held-out and frozen mean-pooling retrieval numbers."""
-    import argparse
-
-    from xpool.config import load_config
-    from xpool.data.synthetic import ensure_corpus
-
-    parser = argparse.ArgumentParser(prog="python -m xpool.pretrain", description=main.__doc__)
-    parser.add_argument("profile")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides (synth.scenes=4)")
-    parser.add_argument("--frames", type=int, default=8, help="frames per video for the check")
-    args = parser.parse_args(argv)
-    config = load_config(args.profile, args.overrides)
-    start = time.perf_counter()
-    root = ensure_corpus(config)
-    gen_seconds = time.perf_counter() - start
-    ckpt = ensure_pretrained(config)
-    pre = load_metrics(config)
-    frozen = evaluate_frozen_mean_pool(config, ckpt, num_frames=args.frames)
-    print(f"corpus {root} (K={config.synth.scenes}, this call {gen_seconds:.1f}s)")
-    print(
-        f"pretraining ({pre['train_seconds']:.0f}s when trained): held-out R@1 image->text "
-        f"{pre['i2t_R1']:.1f}%, text->image {pre['t2i_R1']:.1f}% over {pre['eval_images']} "
-        f"scenes (chance {pre['chance_R1']:.2f}%)"
-    )
-    print(
-        f"frozen mean pooling, {args.frames} frames, text-to-video on the test split: "
-        + ", ".join(f"{k} {frozen[k]:.1f}" for k in ("R1", "R5", "R10", "MdR", "MnR"))
-        + f" (chance R1 {frozen['chance_R1']:.2f}%)"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return read_json(cache_path(config) / METRICS_FILE)

@@ -19,7 +19,6 @@ class DistInfo:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -38,7 +37,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
 def cleanup_distributed() -> None:
@@ -88,3 +87,13 @@ def gather_with_grad(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.enabled:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether any process has `flag` set, so every rank stops at the same step (under DDP a
+    signal can reach the ranks at different steps)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -14,8 +14,13 @@ import os
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from xpool.config import Config
 from xpool.data.corpora import check_split_overlap
+from xpool.data.splits import load_split
+from xpool.data.video import check_container, sample_frames
+from xpool.engine.features import feature_path
 from xpool.errors import VideoDecodeError
 from xpool.io import write_json
 
@@ -25,11 +30,7 @@ MAX_LISTED = 10
 def preflight(cfg: Config, eval_splits: list[str], progress: bool = True) -> None:
     """Annotations of train and every eval split (empty captions, duplicated rows, train/test
     overlap), then every evaluation video (decoded once per corpus state)."""
-    from xpool.train import load_split
-
     if cfg.model.frozen:
-        from xpool.features import feature_path
-
         to_decode = [s for s in eval_splits if not feature_path(cfg, s).is_file()]
     else:
         to_decode = list(eval_splits)
@@ -80,10 +81,6 @@ def _marker(paths: list[Path], num_frames: int) -> Path:
 def check_videos(paths: list[Path], num_frames: int, progress: bool = True) -> float:
     """Decode the `num_frames` uniform frames evaluation reads from every video; raise one
     `VideoDecodeError` listing every bad file. Returns the seconds spent (0 when cached)."""
-    from tqdm.auto import tqdm
-
-    from xpool.data.video import check_container, sample_frames
-
     marker = _marker(paths, num_frames)
     if marker.is_file():
         return 0.0

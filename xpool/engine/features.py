@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +20,19 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from xpool.config import Config
+from xpool.data.datasets import EvalSet, VideoClipDataset
+from xpool.data.splits import ensure_data, load_split
+from xpool.data.synthetic import settings_hash
+from xpool.data.transforms import transform_for
+from xpool.determinism import STUDY_THREADS
+from xpool.engine.embed import Embeddings, embed_texts, embed_videos
+from xpool.engine.pretrain import resolve_pretrained
+from xpool.engine.setup import pick_device, torch_threads
 from xpool.errors import FileReadError, XPoolError
-from xpool.evaluate import EvalEmbeddings
+from xpool.integrity import file_sha256
 from xpool.io import atomic_write_text, torch_load, torch_save
+from xpool.model.backbone import build_backbone
 from xpool.paths import resolve
-
-
-@dataclass
-class FeatureSet:
-    """Cached features of one split."""
-
-    video_ids: list[str]
-    frame_feats: torch.Tensor  # [V, F, D] fp16
-    texts: list[str]
-    text_feats: torch.Tensor  # [T, D] fp16
-    video_of_text: np.ndarray  # [T]
-
-    def eval_embeddings(self) -> EvalEmbeddings:
-        return EvalEmbeddings(self.text_feats.float(), self.frame_feats.float(),
-                              self.video_of_text, self.video_ids, self.texts)
-
-    @property
-    def dim(self) -> int:
-        return int(self.text_feats.shape[1])
 
 
 def features_dir(cfg: Config) -> Path:
@@ -68,11 +57,7 @@ def features_dir(cfg: Config) -> Path:
 def feature_key(cfg: Config, split: str) -> str:
     """A name for one split's features that does not depend on where the checkout is (unlike
     `features_dir`, keyed by the corpus's absolute path): the reproduction check's key."""
-    synth = None
-    if cfg.data.corpus == "synthetic":
-        from xpool.data.synthetic import settings_hash
-
-        synth = settings_hash(cfg.synth)
+    synth = settings_hash(cfg.synth) if cfg.data.corpus == "synthetic" else None
     key = {"corpus": cfg.data.corpus, "synth": synth, "train_list": cfg.data.train_list,
            "val_videos": cfg.data.val_videos, "num_frames": cfg.data.num_frames,
            "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
@@ -92,8 +77,6 @@ def feature_sha256_path(path: Path) -> Path:
 
 def verify_features(path: Path) -> str:
     """The recorded sha256 of a feature file, after checking the file still has it."""
-    from xpool.integrity import file_sha256
-
     side = feature_sha256_path(path)
     if not side.is_file():
         raise XPoolError(f"{side} is missing (features made by an older xpool, or an interrupted "
@@ -124,9 +107,6 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
     simulate an interruption); the merged file is only written once every shard exists. Pretrained
     and extracted with STUDY_THREADS threads; the file's sha256 goes to `<split>.pt.sha256`.
     """
-    from xpool.determinism import STUDY_THREADS
-    from xpool.train import torch_threads
-
     out = feature_path(cfg, split)
     if out.is_file():
         verify_features(out)
@@ -138,25 +118,14 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
 
 def _extract(cfg: Config, split: str, out: Path, shard_size: int, progress: bool,
              max_shards: int | None) -> Path:
-    from xpool.data.datasets import EvalSet, VideoClipDataset
-    from xpool.data.transforms import VideoTransform
-    from xpool.evaluate import embed_texts, embed_videos
-    from xpool.integrity import file_sha256
-    from xpool.model.backbone import build_backbone
-    from xpool.model.pooling import build_pooling
-    from xpool.model.retrieval import RetrievalModel
-    from xpool.pretrain import resolve_pretrained
-    from xpool.train import ensure_data, load_split, pick_device
-
     ensure_data(cfg, progress)
     device = pick_device()
     corpus = load_split(cfg, split)
     es = EvalSet(corpus)
+    # Only the CLIP towers: extraction needs no pooling head.
     backbone = build_backbone(cfg.model.backbone, pretrained=resolve_pretrained(cfg))
-    model = RetrievalModel(backbone, build_pooling("mean", backbone.embed_dim))
-    model.to(device).eval()
-    transform = VideoTransform(backbone.image_size, backbone.image_mean, backbone.image_std,
-                               train=False, antialias=cfg.data.antialias)
+    backbone.to(device).eval()
+    transform = transform_for(backbone, train=False, antialias=cfg.data.antialias)
     parts = out.parent / f"{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     paths = [corpus.videos[v] for v in es.video_ids]
@@ -170,12 +139,12 @@ def _extract(cfg: Config, split: str, out: Path, shard_size: int, progress: bool
             return out  # interrupted on purpose; the next call resumes
         clips = VideoClipDataset(paths[i * shard_size : (i + 1) * shard_size], transform,
                                  cfg.data.num_frames, rule=cfg.data.sampling_rule)
-        feats = embed_videos(model, clips, cfg.eval.batch_size, device, cfg.data.num_workers)
+        feats = embed_videos(backbone, clips, cfg.eval.batch_size, device, cfg.data.num_workers)
         torch_save(feats.half(), shard)
         done += 1
     text_shard = parts / "texts.pt"
     if not text_shard.is_file():
-        torch_save(embed_texts(model, es.texts, cfg.eval.batch_size, device).half(), text_shard)
+        torch_save(embed_texts(backbone, es.texts, cfg.eval.batch_size, device).half(), text_shard)
     frames = torch.cat([_load_shard(parts / f"videos_{i:05d}.pt") for i in range(n_shards)])
     torch_save({"video_ids": list(es.video_ids), "frame_feats": frames, "texts": list(es.texts),
                 "text_feats": _load_shard(text_shard),
@@ -187,8 +156,8 @@ def _extract(cfg: Config, split: str, out: Path, shard_size: int, progress: bool
     return out
 
 
-def load_features(cfg: Config, split: str) -> FeatureSet:
-    """The cached features of a split; a clear error when they were never extracted."""
+def load_features(cfg: Config, split: str) -> Embeddings:
+    """The cached features of a split (fp16); a clear error when they were never extracted."""
     path = feature_path(cfg, split)
     if not path.is_file():
         raise XPoolError(
@@ -201,8 +170,8 @@ def load_features(cfg: Config, split: str) -> FeatureSet:
     if not isinstance(d, dict) or any(k not in d for k in need):
         raise FileReadError(f"feature cache {path} lacks {list(need)}; "
                             f"{_rebuild_hint(cfg, split, path)}")
-    return FeatureSet(d["video_ids"], d["frame_feats"], d["texts"], d["text_feats"],
-                      d["video_of_text"].numpy())
+    return Embeddings(d["text_feats"], d["frame_feats"], d["video_of_text"].numpy(),
+                      d["video_ids"], d["texts"])
 
 
 def _rebuild_hint(cfg: Config, split: str, path: Path) -> str:
@@ -229,7 +198,7 @@ def feature_dim(cfg: Config) -> int:
 class FeatureTrainDataset(Dataset):
     """Training pairs from cached features: item t is (frames of caption t's video, caption t)."""
 
-    def __init__(self, features: FeatureSet):
+    def __init__(self, features: Embeddings):
         self.features = features
 
     def __len__(self) -> int:
@@ -237,8 +206,8 @@ class FeatureTrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         v = int(self.features.video_of_text[i])
-        return {"frame_feats": self.features.frame_feats[v].float(),
-                "text_feats": self.features.text_feats[i].float()}
+        return {"frame_feats": self.features.frame_embeds[v].float(),
+                "text_feats": self.features.text_embeds[i].float()}
 
 
 def collate_features(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -16,12 +16,14 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from xpool.config import Config, config_from_dict, save_config
+from xpool.determinism import cpu_state
 from xpool.errors import RunLockedError, XPoolError
-from xpool.io import read_csv_rows, read_json, read_yaml, write_json
+from xpool.io import atomic_write, read_csv_rows, read_json, read_yaml, write_json
 
 
 def run_id(cfg: Config) -> str:
@@ -98,8 +100,6 @@ class RunRecord:
 
     def mark_trained_here(self) -> None:
         """Mark a run as trained in this checkout (the marker is git-ignored)."""
-        from datetime import UTC, datetime
-
         write_json(self.local_marker, {"host": platform.node(), "cpu": cpu_model(),
                                        "finished_at": datetime.now(UTC).isoformat(
                                            timespec="seconds")})
@@ -195,9 +195,8 @@ class RunLock:
 def environment_info() -> dict[str, Any]:
     """Versions and hardware, recorded with every run and benchmark: with the CPU's flags, the
     instruction-set caps and the capability torch's kernels use (see xpool.determinism)."""
+    # Here, not at the top: reading run records (reproduce, figures) must not load torch.
     import torch
-
-    from xpool.determinism import cpu_state
 
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -247,8 +246,6 @@ class CsvLog:
         self._write([])
 
     def _write(self, rows: list[dict]) -> None:
-        from xpool.io import atomic_write
-
         def write(p: Path) -> None:
             with p.open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=self.fields)
