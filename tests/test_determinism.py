@@ -30,7 +30,7 @@ ENCODE = r"""
 import hashlib, json, sys, tempfile
 from pathlib import Path
 from xpool.config import load_config
-from xpool.data.synthetic import _encode_mp4, build_specs, render_video
+from xpool.data.synthetic import encode_mp4, build_specs, render_video
 cfg = load_config("embedded").synth
 frames = render_video(build_specs(cfg)[0], cfg)
 out = {}
@@ -39,7 +39,7 @@ with tempfile.TemporaryDirectory() as d:
         sums = set()
         for repeat in range(3):  # the AVX-512 mbtree bug showed within one process too
             p = Path(d) / f"{repeat}.mp4"
-            _encode_mp4(frames, cfg.fps, p, x264_params=f"asm={level}" if level else None)
+            encode_mp4(frames, cfg.fps, p, x264_params=f"asm={level}" if level else None)
             sums.add(hashlib.sha256(p.read_bytes()).hexdigest())
         out[level or "auto"] = sorted(sums)
 print(json.dumps(out))

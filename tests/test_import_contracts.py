@@ -63,6 +63,17 @@ VIOLATIONS = {
         "study-layers", "xpool/study/figures.py", _LOCAL.format(target="xpool.study.experiments")
     ),
     "study-module-without-a-layer": ("study-layers", "xpool/study/stray.py", '"""No layer."""\n'),
+    "synthetic-scenes-imports-render": (
+        "synthetic-layers", "xpool/data/synthetic/scenes.py",
+        _LOCAL.format(target="xpool.data.synthetic.render"),
+    ),
+    "synthetic-stream-imports-sibling-corpus": (
+        "synthetic-layers", "xpool/data/synthetic/stream.py",
+        _LOCAL.format(target="xpool.data.synthetic.corpus"),
+    ),
+    "synthetic-module-without-a-layer": (
+        "synthetic-layers", "xpool/data/synthetic/stray.py", '"""No layer."""\n'
+    ),
     "reporting-names-imports-tables": (
         "reporting-layers", "xpool/reporting/names.py",
         _LOCAL.format(target="xpool.reporting.tables"),

@@ -121,10 +121,10 @@ def test_test_captions_are_unique(corpus: Path) -> None:
 def test_uniqueness_holds_under_pressure(scenes: int) -> None:
     # Many short captions over few distinct scenes: collisions are common, the generator must
     # resample. Checked from the same synth_meta content the generator writes, without encoding.
-    from xpool.data.synthetic import _meta
+    from xpool.data.synthetic import corpus_meta
 
     cfg = smoke_synth(num_train=4, num_test=300, scenes=scenes)
-    assert _check_unique(_meta(build_specs(cfg), cfg)) == 300
+    assert _check_unique(corpus_meta(build_specs(cfg), cfg)) == 300
 
 
 def test_impossible_uniqueness_is_a_clear_error() -> None:

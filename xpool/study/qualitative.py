@@ -133,4 +133,4 @@ def synthetic_vocabulary() -> dict[str, tuple[str, ...]]:
     """The synthetic benchmark's attribute words, by kind (what the tiny CLIP can understand)."""
     return {"shape": tuple(sy.SHAPES), "colour": tuple(sy.COLOURS), "size": tuple(sy.SIZES),
             "motion": tuple(sy.MOTIONS),
-            "background": tuple(sy._BACKGROUND_PHRASE[b] for b in sy.BACKGROUNDS)}
+            "background": tuple(sy.BACKGROUND_PHRASE[b] for b in sy.BACKGROUNDS)}
