@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xpool import _ISA_CAPS
 from xpool.errors import XPoolError
 
 # The instruction set bit-identity is promised for: every x86-64 CPU of the last decade has AVX2.
@@ -43,7 +44,6 @@ def cap_cpu_isa(isa: str = STUDY_ISA) -> bool:
     them), or loaded with the capped capability. False means torch was loaded earlier without the
     cap; only child processes (notebook kernels, workers) get it then.
     """
-    from xpool import _ISA_CAPS
 
     if isa not in _ISA_CAPS:
         raise XPoolError(f"unknown CPU instruction-set cap {isa!r}; valid: {sorted(_ISA_CAPS)}")
