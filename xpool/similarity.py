@@ -109,8 +109,15 @@ def _check_chunk(chunk_size: int | None) -> None:
         raise XPoolError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
-def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, video_chunk: int = 1024) -> Tensor:
-    """Pool each video once (in video chunks, to bound the head's own temporaries), one matmul."""
+def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, chunk_size: int | None = None,
+                   video_chunk: int = 1024) -> Tensor:
+    """Pool each video once (in video chunks, to bound the head's own temporaries), then one
+    matmul per chunk of ``chunk_size`` texts (all texts when None).
+
+    Per chunk, not one product sliced afterwards: a BLAS may block a [T, D] x [D, V] product
+    differently for another T, so rows computed in chunks need not equal the rows of one
+    product to the last bit (measured on an AMD EPYC), and ``similarity_chunks`` promises the
+    numbers of ``similarity_matrix`` with the same ``chunk_size``."""
     if e.shape[0] == 0 or t.shape[0] == 0:
         return t.new_zeros(t.shape[0], e.shape[0])
     # The head ignores the text; one dummy row keeps the call signature.
@@ -118,7 +125,10 @@ def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, video_chunk: int = 
     pooled = torch.cat(
         [pooling(probe, e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
     )
-    return F.normalize(t, dim=-1) @ F.normalize(pooled, dim=-1).T
+    tn, pn = F.normalize(t, dim=-1), F.normalize(pooled, dim=-1).T
+    if chunk_size is None or chunk_size >= t.shape[0]:
+        return tn @ pn
+    return torch.cat([tn[i : i + chunk_size] @ pn for i in range(0, t.shape[0], chunk_size)])
 
 
 def plain_similarity_matrix(
@@ -138,7 +148,7 @@ def plain_similarity_matrix(
     num_texts, num_videos = t.shape[0], e.shape[0]
     with _eval_mode(pooling):
         if not pooling.text_conditioned:
-            return _text_agnostic(pooling, t, e)
+            return _text_agnostic(pooling, t, e, chunk_size)
         if chunk_size is None:
             per_text = 6 * num_videos * t.shape[1] * 4
             chunk_size = max(1, memory_budget // max(per_text, 1))
@@ -177,7 +187,7 @@ def similarity_matrix(
     t, e = _check(pooling, text_embeds, frame_embeds)
     with _eval_mode(pooling):
         if not pooling.text_conditioned:
-            return _text_agnostic(pooling, t, e)
+            return _text_agnostic(pooling, t, e, chunk_size)
         if isinstance(pooling, XPool):
             return _xpool_similarity(pooling, t, e, chunk_size, memory_budget)
         if isinstance(pooling, TopKPooling | AttentionPooling):
