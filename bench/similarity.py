@@ -148,33 +148,66 @@ def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def gemm_floor(head: Any, t: Any, e: Any) -> Any:
-    """The fast path's matrix products alone, as plain ``torch.mm`` calls of the same shapes.
+def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
+    """The fast path's matrix products alone, as plain ``torch.mm``/``torch.bmm`` calls.
 
-    The one-head fast path (``xpool.similarity``) does, per video set, two [V F, D] x [D, D]
-    products (the value/output and the residual projections of every frame) and, per
-    (text chunk, video block) tile, [Vb F, D] x [D, 2 Tc] of text-side products (the attention
-    logits and the text . basis dots; one merged product or two of [D, Tc], the same FLOPs). This
-    runs exactly those shapes, in the tiles the fast path picks for the same problem, on operands
-    of the right sizes, and nothing else: no softmax, no per-video Gram forms, no elementwise
-    work. The fast path's time over this one is how far it is from its GEMM floor.
+    The one-head fast path (``xpool.similarity``, residual FC) does: three [D, D] x [D, D]
+    weight folds (once); per block of ``_BASIS_ROWS`` frames, [rows, D] x [D, 2D + 3] (both
+    bases and the linear forms of every frame) and three Gram products [n, F, D] x [n, D, F];
+    per text chunk [Tc, D] x [D, 2D] and [Tc, D] x [D, 3] (queries, text . basis maps, per-text
+    vectors); per (text tile, video tile) [Vt F, D] x [D, 2 Tt] (attention logits and text .
+    basis dots) and the forms' batched product [Vt, 3F + 4, F] x [Vt, F, Tt]. This runs exactly
+    those shapes, in the fast path's chunks and tiles (``_xpool_plan``), into reused output
+    buffers where the fast path reuses them, and nothing else: no softmax, no elementwise work.
+    Products of D^2 multiply-adds or fewer (matrix-vector) are left out.
+
+    ``dense_only`` keeps the two dense families alone (the basis GEMM and the tile GEMM), which
+    carry all but a few percent of the FLOPs: the floor of a fast path whose small products
+    (Grams, text side, the forms' product with an inner size of F) were free.
     """
     import torch
 
-    from xpool.similarity import DEFAULT_MEMORY_BUDGET, _tiles
+    from xpool.similarity import _BASIS_ROWS, DEFAULT_MEMORY_BUDGET, _xpool_plan
 
     num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
-    kb = num_frames
-    per_pair = kb * ((3 * kb + 3) // kb + 6) + 8  # as xpool.similarity._xpool_chunks (residual)
-    chunk, block = _tiles(num_texts, num_videos, kb, per_pair, None, DEFAULT_MEMORY_BUDGET)
+    kb, forms = num_frames, 3 * num_frames + 3
+    chunk, tile_t, tile_v = _xpool_plan(num_texts, num_videos, kb, forms, None,
+                                        DEFAULT_MEMORY_BUDGET)
     frames = e.reshape(num_videos * num_frames, dim)
-    w = torch.randn(dim, dim, device=e.device) / dim**0.5
-    torch.mm(frames, w)
-    torch.mm(frames, w)
+    w = torch.randn(dim, 2 * dim + 3, device=e.device) / dim**0.5
+    small, w_text, w_vecs = w[:, :dim].contiguous(), w[:, : 2 * dim].contiguous(), w[:, -3:]
+    if not dense_only:
+        for _ in range(3):
+            torch.mm(small, small)
+    block = max(1, _BASIS_ROWS // num_frames)
+    buf = e.new_empty(min(block, num_videos) * num_frames * w.shape[1])
+    for v0 in range(0, num_videos, block):
+        rows = frames[v0 * kb : (v0 + block) * kb]
+        out = torch.mm(rows, w, out=buf[: rows.shape[0] * w.shape[1]].view(-1, w.shape[1]))
+        if not dense_only:
+            basis = out[:, :dim].view(-1, kb, dim)
+            for _ in range(3):
+                torch.bmm(basis, basis.transpose(1, 2))
+    form_stack = torch.randn(num_videos, forms, kb, device=e.device)
+    queries, text_maps = torch.randn(2, tile_t, dim, device=e.device)
+    weights = torch.rand(kb * tile_t * tile_v, device=e.device)
+    logits_buf, dots_buf = e.new_empty(2, kb * tile_t * tile_v)
+    forms_buf = e.new_empty(forms * tile_t * tile_v)
     for s0 in range(0, num_texts, chunk):
-        rhs = torch.cat([t[s0 : s0 + chunk], t[s0 : s0 + chunk]]).T.contiguous()  # [D, 2 Tc]
-        for v0 in range(0, num_videos, block):
-            torch.mm(frames[v0 * num_frames : min(v0 + block, num_videos) * num_frames], rhs)
+        tc = t[s0 : s0 + chunk]
+        if not dense_only:
+            torch.mm(tc, w_text)
+            torch.mm(tc, w_vecs.contiguous())
+        for a in range(0, tc.shape[0], tile_t):
+            tt = min(tile_t, tc.shape[0] - a)
+            for v0 in range(0, num_videos, tile_v):
+                nv = min(tile_v, num_videos - v0)
+                keys = frames[v0 * kb : (v0 + nv) * kb]
+                torch.mm(keys, queries[:tt].T, out=logits_buf[: nv * kb * tt].view(-1, tt))
+                torch.mm(keys, text_maps[:tt].T, out=dots_buf[: nv * kb * tt].view(-1, tt))
+                if not dense_only:
+                    torch.bmm(form_stack[v0 : v0 + nv], weights[: nv * kb * tt].view(nv, kb, tt),
+                              out=forms_buf[: nv * forms * tt].view(nv, forms, tt))
     return t.new_zeros(1)
 
 
@@ -184,7 +217,7 @@ def gemm_floor(head: Any, t: Any, e: Any) -> Any:
 def fast_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) -> float:
     """2 x multiply-adds of the one-head fast path: per-frame precompute, texts, per-pair work."""
     vf, k = num_videos * num_frames, num_frames
-    forms = 3 * k + 3
+    forms = 3 * k + 3  # three Gram matrices, three linear forms
     precompute = 2 * 2 * vf * dim * dim + 3 * 2 * num_videos * k * k * dim
     texts = 2 * 2 * num_texts * dim * dim
     per_pair = 2 * 2 * num_texts * vf * dim + 2 * num_texts * num_videos * k * forms
