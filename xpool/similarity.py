@@ -324,12 +324,16 @@ class _XPoolFactors:
                 w_all = torch.cat([w_u, w_uz, w_uz @ lin_map], dim=1)
                 b_all = torch.cat([b_u, b_uz, b_uz @ lin_map])
                 # out_basis is affine in the keys (keys P + r), so the text . basis dots come
-                # from the same GEMM as the attention logits: keys @ [q', P t] (see ``tile``).
+                # from the keys too, keys @ (P t), next to the logits keys @ q' (see ``tile``).
                 text_map, text_bias = w_uz * g3, b_uz * g3
             else:
                 w_all = torch.cat([w_u, w_u @ lin_map], dim=1)
                 b_all = torch.cat([b_u, b_u @ lin_map])
                 text_map, text_bias = w_u * g2, b_u * g2
+            # Rows of 16-float multiples: an odd width (2D + 3) halves this GEMM's speed.
+            pad = -w_all.shape[1] % 16
+            w_all = F.pad(w_all, (0, pad))
+            b_all = F.pad(b_all, (0, pad))
             # Text side, one GEMM: q' = (ln1(t) W_q^T + b_q) W_k / sqrt(hd) (key bias dropped:
             # a per-text constant in the logits) = (t A_q) / sigma(t) + c_q with layer_norm1's
             # centring and gain folded into A_q; the dots use t^ = t / |t|, so outputs are cosines.
@@ -365,13 +369,13 @@ class _XPoolFactors:
         self.n_quad = 3 if head.residual else 2
         # [V, M, K]: the bmm of this with the attention weights gives every quadratic and linear
         # form a pair needs (the Gram matrices are symmetric, so no transposes).
-        n_lin = lin_map.shape[1]
+        n_lin, lin_at = lin_map.shape[1], dim * (2 if head.residual else 1)
         self.forms = e.new_empty(num_videos, self.n_quad * kb + n_lin, kb)
         gain = g3 if head.residual else g2
         for v0, both in bases:
             n = both.shape[0] // kb
             u3 = both[:, :dim].view(n, kb, dim)
-            lin = both[:, -n_lin:].view(n, kb, n_lin).transpose(1, 2)
+            lin = both[:, lin_at : lin_at + n_lin].view(n, kb, n_lin).transpose(1, 2)
             if head.residual:
                 z3 = both[:, dim : 2 * dim].view(n, kb, dim)
                 quads = [_gram(u3).div_(dim), _gram(z3 * gain), _gram(z3).div_(dim)]
