@@ -389,7 +389,7 @@ class _XPoolFactors:
     def texts(self, t: Tensor) -> _Texts:
         """Per-chunk text quantities (see ``_Texts``)."""
         inv_norm = 1.0 / t.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-        vecs = (t @ self.text_vecs).mul_(inv_norm).T
+        vecs = (t @ self.text_vecs).mul_(inv_norm).T.contiguous()
         if self.merged:
             prod = t @ self.text_weight  # [Tc, 2D]: queries before layer_norm1's scale, P t
             inv_sigma = torch.rsqrt(t.var(dim=-1, unbiased=False, keepdim=True) + self.eps1)
@@ -485,7 +485,7 @@ def _xpool_chunks(
     num_texts, num_videos = t.shape[0], e.shape[0]
     factors = _XPoolFactors(head, e)
     chunk, tile_texts, tile_videos = _xpool_plan(
-        num_texts, num_videos, factors.basis, factors.forms.shape[1] - 1, chunk_size, memory_budget
+        num_texts, num_videos, factors.basis, factors.forms.shape[1], chunk_size, memory_budget
     )
     bufs = factors.buffers(tile_texts, tile_videos)
     for s0 in range(0, num_texts, chunk):
