@@ -180,7 +180,7 @@ def test_xpool_tiles_match_plain(small_tiles, options, shape):
     t, e = _inputs(num_texts, num_videos, num_frames, seed=4)
     plan = small_tiles._xpool_plan(num_texts, num_videos, num_frames * head.num_heads, 40, None,
                                    small_tiles.DEFAULT_MEMORY_BUDGET)
-    assert plan[1] == min(4, num_texts) and plan[2] <= max(1, -(-20 // num_frames))
+    assert plan[1] <= 4 and plan[2] <= max(1, -(-20 // num_frames))
     fast = similarity_matrix(head, t, e, chunk_size=9)
     plain = plain_similarity_matrix(head, t, e)
     assert fast.shape == (num_texts, num_videos)

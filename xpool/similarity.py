@@ -235,13 +235,14 @@ class _Texts(NamedTuple):
         return _Texts(q, tp, self.t_hat[a:b], self.vecs[:, a:b])
 
 
-# X-Pool tiles: texts per tile, and the bytes a tile's per-pair temporaries may take. Its
-# logits, dots and forms are read by half a dozen passes; at a few MB they stay in cache instead
-# of going to memory and back each pass, and their buffers are reused (a fresh large tensor
-# costs a page fault per 4 kB). Larger tiles mean fewer operations, which matters on a busy
-# machine, where each parallel operation may wait for a scheduler slice.
-_TILE_TEXTS = 256
-_TILE_BYTES = 6 * 2**20
+# X-Pool tiles: at most _TILE_TEXTS texts, and as many videos as keep the per-pair temporaries
+# within _TILE_BYTES. A tile's logits, dots and forms are read by half a dozen passes: at a few
+# MB they stay in cache, and their buffers are reused (a fresh large tensor costs a page fault
+# per 4 kB). About 25k pairs per tile (F = 12) also keeps the per-pair [Vt, Tt] operations under
+# torch's parallel grain (32768 elements): they run inline, without a parallel region that on a
+# busy machine can wait for a scheduler slice.
+_TILE_TEXTS = 256  # a multiple of 16: GEMM output rows not 64-byte aligned run up to 25% slower
+_TILE_BYTES = 8 * 2**20
 # Rows of the per-video basis GEMM per block (its output, about 4 kB a row, stays in cache).
 _BASIS_ROWS = 1024
 
@@ -260,7 +261,14 @@ def _xpool_plan(num_texts: int, num_videos: int, basis: int, num_forms: int,
     per_pair = 4 * (3 * basis + num_forms + 8)
     pairs = max(1, min(_TILE_BYTES, memory_budget) // per_pair)
     tile_videos = max(pairs // tile_texts, -(-_MIN_GEMM_ROWS // max(1, basis)))
-    return chunk, tile_texts, max(1, min(num_videos, tile_videos))
+    return chunk, tile_texts, _even(num_videos, tile_videos)
+
+
+def _even(total: int, most: int) -> int:
+    """The step that splits ``total`` into as few near-equal parts of at most ``most`` as it can
+    (no small remainder tile)."""
+    parts = -(-max(total, 1) // max(most, 1))
+    return -(-max(total, 1) // parts)
 
 
 def _centred(x: Tensor) -> Tensor:
