@@ -173,8 +173,8 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
     from xpool.similarity import _BASIS_ROWS, DEFAULT_MEMORY_BUDGET, _xpool_plan
 
     num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
-    kb, forms = num_frames, 3 * num_frames + 3
-    chunk, tile_t, tile_v = _xpool_plan(num_texts, num_videos, kb, forms, None,
+    kb, forms = num_frames, 3 * num_frames + 4  # Gram matrices, linear forms, a row of ones
+    chunk, tile_t, tile_v = _xpool_plan(num_texts, num_videos, kb, forms - 1, None,
                                         DEFAULT_MEMORY_BUDGET)
     frames = e.reshape(num_videos * num_frames, dim)
     w = torch.randn(dim, 2 * dim + 3 + (-(2 * dim + 3) % 16), device=e.device) / dim**0.5
@@ -221,7 +221,7 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
 def fast_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) -> float:
     """2 x multiply-adds of the one-head fast path: per-frame precompute, texts, per-pair work."""
     vf, k = num_videos * num_frames, num_frames
-    forms = 3 * k + 3  # three Gram matrices, three linear forms
+    forms = 3 * k + 4  # three Gram matrices, three linear forms, the row of ones
     precompute = 2 * 2 * vf * dim * dim + 3 * 2 * num_videos * k * k * dim
     texts = 2 * 2 * num_texts * dim * dim
     per_pair = 2 * 2 * num_texts * vf * dim + 2 * num_texts * num_videos * k * forms

@@ -220,3 +220,21 @@ def test_xpool_texts_at_any_scale(options):
     t = t * torch.logspace(-1, 2, 12)[:, None]
     plain = plain_similarity_matrix(head, t, e)
     assert (similarity_matrix(head, t, e) - plain).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("options", XPOOL_VARIANTS)
+def test_xpool_bits_do_not_depend_on_the_thread_count(options):
+    """Same bits with 1 and 2 threads, on tiles whose widths (300 = 256 + 44 texts) are not a
+    multiple of the vector width: torch.softmax over a middle dimension fails this."""
+    head = build_pooling("xpool", D, **options)
+    random_weights(head, seed=9)
+    t, e = _inputs(300, 130, 12, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = similarity_matrix(head, t, e)
+        torch.set_num_threads(2)
+        two = similarity_matrix(head, t, e)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

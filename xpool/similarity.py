@@ -284,9 +284,10 @@ def _gram(x: Tensor) -> Tensor:
 class _XPoolFactors:
     """Per-video quantities of the factored X-Pool similarity (computed once per call).
 
-    ``forms`` [V, M, K] stacks, per video, the Gram matrices of the quadratic forms (G / D, G_P,
-    G_Z / D, with the constant factors of ``_finish`` folded in), then the vectors of the linear
-    forms (2 P p0, 2 g_Z / D, 2 P b3); without the residual FC: G / D, G_P and 2 P b2.
+    ``forms`` [V, M + 1, K] stacks, per video, the Gram matrices of the quadratic forms (G / D,
+    G_P, G_Z / D, with the constant factors of ``_finish`` folded in), the vectors of the linear
+    forms (2 P p0, 2 g_Z / D, 2 P b3; without the residual FC: G / D, G_P and 2 P b2), and a row
+    of ones (the sum of a tile's unnormalised one-head weights).
     """
 
     def __init__(self, head: XPool, e: Tensor) -> None:
@@ -378,7 +379,7 @@ class _XPoolFactors:
         # [V, M, K]: the bmm of this with the attention weights gives every quadratic and linear
         # form a pair needs (the Gram matrices are symmetric, so no transposes).
         n_lin, lin_at = lin_map.shape[1], dim * (2 if head.residual else 1)
-        self.forms = e.new_empty(num_videos, self.n_quad * kb + n_lin, kb)
+        self.forms = e.new_empty(num_videos, self.n_quad * kb + n_lin + 1, kb)
         gain = g3 if head.residual else g2
         for v0, both in bases:
             n = both.shape[0] // kb
@@ -389,7 +390,8 @@ class _XPoolFactors:
                 quads = [_gram(u3).div_(dim), _gram(z3 * gain), _gram(z3).div_(dim)]
             else:
                 quads = [_gram(u3).div_(dim), _gram(u3 * gain)]
-            torch.cat([*quads, lin], dim=1, out=self.forms[v0 : v0 + n])
+            ones = u3.new_ones(n, 1, kb)
+            torch.cat([*quads, lin, ones], dim=1, out=self.forms[v0 : v0 + n])
         self.text_vecs = torch.stack([text_vec, out0, b3], dim=1)  # [D, 3]
         if self.merged:
             self.out_basis = None
@@ -419,17 +421,23 @@ class _XPoolFactors:
         nv, nf, kb, tt = v1 - v0, self.num_frames, self.basis, texts.t_hat.shape[0]
         logits_buf, dots_buf = (b[: nv * kb * tt].view(-1, tt) for b in bufs[:2])
         forms_buf = bufs[2]
+        s = None
         if texts.tp is not None:
             # Attention logits and text . basis dots: two GEMMs against the same keys (one
-            # merged GEMM would interleave them, and the softmax is 2x slower on strided rows).
+            # merged GEMM would interleave them, and every pass below is slower on strided rows).
             keys = self.keys[v0 * nf : v1 * nf]
-            a = torch.softmax(torch.mm(keys, texts.q.T, out=logits_buf).view(nv, nf, tt), dim=1)
+            a = torch.mm(keys, texts.q.T, out=logits_buf).view(nv, nf, tt)
+            # Softmax weights left unnormalised (max 1; their sum s is the forms' last row): the
+            # forms are homogeneous in them, so ``_finish`` divides by s once per pair. (Also,
+            # torch.softmax over a non-last dim rounds differently with the thread count.)
+            a.sub_(a.amax(dim=1, keepdim=True)).exp_()
             dots = torch.mm(keys, texts.tp.T, out=dots_buf).view(nv, nf, tt)
         else:
             logits = torch.bmm(self.keys[:, v0 * nf : v1 * nf], texts.q,
                                out=logits_buf.view(self.heads, nv * nf, tt))
-            a = torch.softmax(logits.view(self.heads, nv, nf, tt), dim=2)
-            a = a.transpose(0, 1).reshape(nv, kb, tt)
+            a = logits.view(self.heads, nv, nf, tt)
+            a.sub_(a.amax(dim=2, keepdim=True)).exp_()
+            a = a.div_(a.sum(dim=2, keepdim=True)).transpose(0, 1).reshape(nv, kb, tt)
             assert self.out_basis is not None
             dots = torch.mm(self.out_basis[v0 * kb : v1 * kb], texts.t_hat.T, out=dots_buf)
             dots = dots.view(nv, kb, tt)
@@ -439,20 +447,31 @@ class _XPoolFactors:
         nq = self.n_quad
         # The Gram rows are contracted with the weights once more; the vectors' rows already are.
         quad = forms[:, : nq * kb].view(nv, nq, kb, tt).mul_(a.unsqueeze(1)).sum(dim=2)
-        self._finish(dot, quad.unbind(1), forms[:, nq * kb :].unbind(1), texts.vecs, out)
+        lin = forms[:, nq * kb :].unbind(1)
+        if texts.tp is not None:
+            s = lin[-1]
+        self._finish(dot, quad.unbind(1), lin[:-1], s, texts.vecs, out)
 
     def _finish(self, dot: Tensor, quad: tuple[Tensor, ...], lin: tuple[Tensor, ...],
-                vecs: Tensor, out: Tensor | None = None) -> Tensor:
-        """Cosine of each pair from its forms (see ``forms``; 1 / D and 2 are folded in there)."""
+                s: Tensor | None, vecs: Tensor, out: Tensor | None = None) -> Tensor:
+        """Cosine of each pair from its forms (see ``forms``; 1 / D and 2 are folded in there).
+
+        The weights sum to 1 (``s`` None) or to s: every form is then s (linear) or s^2
+        (quadratic) times its normalised value, and r2 = 1 / (s sigma2) absorbs the factors.
+        """
         t_r, t_out0, t_b3 = vecs.unbind(0)
-        inv2 = (quad[0] + self.eps2).rsqrt_()  # 1 / sigma2
-        # Each head's weights sum to 1, so the basis offset r contributes r . t once.
-        num = torch.addcmul(t_out0, dot.add_(t_r), inv2)
-        sq = torch.addcmul(lin[0], quad[1], inv2).mul_(inv2).add_(self.out0_sq)
+        if s is None:
+            r2 = (quad[0] + self.eps2).rsqrt_()
+            num = dot.add_(t_r)  # each head's weights sum to 1: the offset r counts once
+        else:
+            r2 = torch.addcmul(quad[0], s, s, value=self.eps2).rsqrt_()
+            num = torch.addcmul(dot, s, t_r)
+        num = torch.addcmul(t_out0, num, r2)  # t . out before layer_norm3
+        sq = torch.addcmul(lin[0], quad[1], r2).mul_(r2).add_(self.out0_sq)
         if self.residual:
-            inv3 = torch.addcmul(lin[1], quad[2], inv2).mul_(inv2).add_(self.c3).rsqrt_()
+            inv3 = torch.addcmul(lin[1], quad[2], r2).mul_(r2).add_(self.c3).rsqrt_()
             num = torch.addcmul(t_b3, num, inv3)
-            sq = torch.addcmul(torch.mul(lin[2], inv2).add_(self.out0_b3), sq, inv3)
+            sq = torch.addcmul(torch.mul(lin[2], r2).add_(self.out0_b3), sq, inv3)
             sq = sq.mul_(inv3).add_(self.b3_sq)
         # max(|out|, eps) as the plain path's F.normalize: sqrt(max(|out|^2, eps^2)).
         inv = sq.clamp_min_(_NORM_EPS * _NORM_EPS).rsqrt_()
@@ -481,8 +500,8 @@ class _XPoolFactors:
         forms = torch.bmm(self.forms.index_select(0, video_idx), a.unsqueeze(2)).squeeze(2)  # [P, M]
         nq = self.n_quad
         quad = (forms[:, : nq * kb].view(n, nq, kb) * a.unsqueeze(1)).sum(dim=2)
-        lin = forms[:, nq * kb :].unbind(1)
-        return self._finish(dot, quad.unbind(1), lin, texts.vecs[:, text_idx])
+        lin = forms[:, nq * kb : -1].unbind(1)
+        return self._finish(dot, quad.unbind(1), lin, None, texts.vecs[:, text_idx])
 
 
 def _xpool_chunks(
@@ -493,7 +512,7 @@ def _xpool_chunks(
     num_texts, num_videos = t.shape[0], e.shape[0]
     factors = _XPoolFactors(head, e)
     chunk, tile_texts, tile_videos = _xpool_plan(
-        num_texts, num_videos, factors.basis, factors.forms.shape[1], chunk_size, memory_budget
+        num_texts, num_videos, factors.basis, factors.forms.shape[1] - 1, chunk_size, memory_budget
     )
     bufs = factors.buffers(tile_texts, tile_videos)
     for s0 in range(0, num_texts, chunk):
