@@ -12,8 +12,10 @@ format of ``bench/common.py``.
   of their results.
 - An MSVD-sized problem (670 videos, 27,763 captions, F = 12, D = 512): fast-path time and peak
   memory (the plain pooled [V, T, D] tensor alone would take 38 GB).
-- The GEMM floor at both sizes: the fast path's matrix products alone (``gemm_floor``), timed
-  as plain ``torch.mm`` calls of the same shapes and tiles, and the fast path's time over it.
+- The GEMM floor at both sizes: every matrix product of the fast path alone (``gemm_floor``),
+  timed as plain ``torch.mm`` / ``torch.bmm`` calls of the same shapes, chunks and tiles, and
+  the fast path's time over it (the headline); also the floor of its two dense GEMM families
+  alone (``dense_only``: the per-video basis GEMM and the tile GEMMs, about 91% of the FLOPs).
 - Achieved GFLOP/s of the fast path (its arithmetic counted analytically) next to a large
   float32 matmul on the same device.
 
@@ -27,8 +29,10 @@ baseline is the computation's peak extra resident memory (inputs excluded, outpu
 Without clear_refs it falls back to ru_maxrss minus the baseline (an upper bound that may include
 setup). On CUDA the peak is ``torch.cuda.max_memory_allocated`` above the allocation before the
 call. A child process per measurement keeps one run's allocator state and peak out of the next.
-Plain and fast runs alternate (plain, fast, fast, plain, ...) so load changes on a shared machine
-hit both alike; medians are reported, and each run's CPU time (user + sys, all threads) too.
+Each round runs every kind once (1,000 x 1,000: plain, fast, floor, dense floor; MSVD-sized:
+fast, floor, dense floor), in an order rotated from round to round, so load changes on a shared
+machine hit all kinds alike; medians are reported, and each run's CPU time (user + sys, all
+threads) too. The machine's load average at the start and end is in the record.
 """
 
 from __future__ import annotations
@@ -152,21 +156,21 @@ def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
 
 
 def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
-    """The fast path's matrix products alone, as plain ``torch.mm``/``torch.bmm`` calls.
+    """The fast path's matrix products alone, as plain ``torch.mm`` / ``torch.bmm`` calls.
 
     The one-head fast path (``xpool.similarity``, residual FC) does: three [D, D] x [D, D]
     weight folds (once); per block of ``_BASIS_ROWS`` frames, [rows, D] x [D, 2D + 16] (both
-    bases and the linear forms of every frame, zero-padded to a multiple of 16 columns) and three Gram products [n, F, D] x [n, D, F];
-    per text chunk [Tc, D] x [D, 2D] and [Tc, D] x [D, 3] (queries, text . basis maps, per-text
-    vectors); per (text tile, video tile) [Vt F, D] x [D, 2 Tt] (attention logits and text .
-    basis dots) and the forms' batched product [Vt, 3F + 4, F] x [Vt, F, Tt]. This runs exactly
-    those shapes, in the fast path's chunks and tiles (``_xpool_plan``), into reused output
-    buffers where the fast path reuses them, and nothing else: no softmax, no elementwise work.
-    Products of D^2 multiply-adds or fewer (matrix-vector) are left out.
+    bases and the linear forms of every frame, zero-padded to 16-float rows) and three Gram
+    products [n, F, D] x [n, D, F]; per text chunk [Tc, D] x [D, 2D + 16] (queries, text . basis
+    maps, per-text vectors); per (text tile, video tile) two [Vt F, D] x [D, Tt] (attention
+    logits, text . basis dots) and the forms' batched product [Vt, 3F + 4, F] x [Vt, F, Tt].
+    This runs exactly those shapes, in the fast path's chunks and tiles (``_xpool_plan``), into
+    reused output buffers where the fast path reuses them, and nothing else: no softmax, no
+    elementwise work. Products of D^2 multiply-adds or fewer (matrix-vector) are left out.
 
-    ``dense_only`` keeps the two dense families alone (the basis GEMM and the tile GEMM), which
-    carry all but a few percent of the FLOPs: the floor of a fast path whose small products
-    (Grams, text side, the forms' product with an inner size of F) were free.
+    ``dense_only`` keeps the two dense families alone (the basis GEMM and the tile GEMMs, about
+    91% of the FLOPs): the floor of a fast path whose small products (Grams, text side, weight
+    folds, the forms' product with an inner size of F) were free.
     """
     import torch
 
@@ -178,8 +182,7 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
                                         DEFAULT_MEMORY_BUDGET)
     frames = e.reshape(num_videos * num_frames, dim)
     w = torch.randn(dim, 2 * dim + 3 + (-(2 * dim + 3) % 16), device=e.device) / dim**0.5
-    small, w_text = w[:, :dim].contiguous(), w[:, : 2 * dim].contiguous()
-    w_vecs = w[:, 2 * dim : 2 * dim + 3].contiguous()
+    small, w_text = w[:, :dim].contiguous(), w.clone()
     if not dense_only:
         for _ in range(3):
             torch.mm(small, small)
@@ -201,7 +204,6 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
         tc = t[s0 : s0 + chunk]
         if not dense_only:
             torch.mm(tc, w_text)
-            torch.mm(tc, w_vecs)
         for a in range(0, tc.shape[0], tile_t):
             tt = min(tile_t, tc.shape[0] - a)
             for v0 in range(0, num_videos, tile_v):
@@ -222,8 +224,9 @@ def fast_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) 
     """2 x multiply-adds of the one-head fast path: per-frame precompute, texts, per-pair work."""
     vf, k = num_videos * num_frames, num_frames
     forms = 3 * k + 4  # three Gram matrices, three linear forms, the row of ones
-    precompute = 2 * 2 * vf * dim * dim + 3 * 2 * num_videos * k * k * dim
-    texts = 2 * 2 * num_texts * dim * dim
+    # weight folds, both bases and the linear forms of every frame, the three Gram matrices
+    precompute = 3 * 2 * dim**3 + 2 * vf * dim * (2 * dim + 3) + 3 * 2 * num_videos * k * k * dim
+    texts = 2 * num_texts * dim * (2 * dim + 3)  # queries, text . basis maps, per-text vectors
     per_pair = 2 * 2 * num_texts * vf * dim + 2 * num_texts * num_videos * k * forms
     return float(precompute + texts + per_pair)
 

@@ -349,7 +349,10 @@ class _XPoolFactors:
             ln1 = head.layer_norm1
             w_qk = head.q_proj.weight.T @ head.k_proj.weight * scale
             a_q = ln1.weight[:, None] * w_qk
-            self.text_weight = torch.cat([a_q - a_q.mean(dim=0), text_map.T], dim=1)  # [D, 2D]
+            # [D, 2D + 16]: A_q, P, then the per-text vectors (r, out0, b3) and zeros (16-aligned).
+            text_weight = torch.cat([a_q - a_q.mean(dim=0), text_map.T,
+                                     torch.stack([text_bias, out0, b3], dim=1)], dim=1)
+            self.text_weight = F.pad(text_weight, (0, -text_weight.shape[1] % 16))
             self.text_const = ln1.bias @ w_qk + head.q_proj.bias @ head.k_proj.weight * scale
             self.eps1 = ln1.eps
             # Per block of videos, so the GEMM's output stays in cache for the Gram products.
@@ -361,7 +364,6 @@ class _XPoolFactors:
                                  .view(-1, w_all.shape[1])))
                 for v0 in range(0, num_videos, block)
             )
-            text_vec = text_bias
         else:
             k = head.k_proj(e1).view(num_videos, num_frames, heads, hd)
             # [H, V*F, hd] so that each head's logits are one GEMM.
@@ -372,7 +374,7 @@ class _XPoolFactors:
             basis = torch.cat([u_c, u_c @ w_z], dim=1) if head.residual else u_c
             tail = basis[:, -dim:] @ lin_map
             bases = iter([(0, torch.cat([basis, tail], dim=1))])
-            text_vec = torch.zeros_like(bo)
+            self.text_vecs = torch.stack([torch.zeros_like(bo), out0, b3], dim=1)  # [D, 3]
             # The text . basis dots, per tile: t^ . out_basis_k.
             self.out_basis = basis[:, -dim:] * (g3 if head.residual else g2)
         self.n_quad = 3 if head.residual else 2
@@ -392,21 +394,22 @@ class _XPoolFactors:
                 quads = [_gram(u3).div_(dim), _gram(u3 * gain)]
             ones = u3.new_ones(n, 1, kb)
             torch.cat([*quads, lin, ones], dim=1, out=self.forms[v0 : v0 + n])
-        self.text_vecs = torch.stack([text_vec, out0, b3], dim=1)  # [D, 3]
         if self.merged:
             self.out_basis = None
 
     def texts(self, t: Tensor) -> _Texts:
         """Per-chunk text quantities (see ``_Texts``)."""
         inv_norm = 1.0 / t.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-        vecs = (t @ self.text_vecs).mul_(inv_norm).T.contiguous()
+        dim = self.dim
         if self.merged:
-            prod = t @ self.text_weight  # [Tc, 2D]: queries before layer_norm1's scale, P t
+            prod = t @ self.text_weight  # queries before layer_norm1's scale, P t, the vectors
             inv_sigma = torch.rsqrt(t.var(dim=-1, unbiased=False, keepdim=True) + self.eps1)
-            q = torch.addcmul(self.text_const, prod[:, : self.dim], inv_sigma)
-            return _Texts(q, prod[:, self.dim :] * inv_norm, t * inv_norm, vecs)
-        head, hd = self.head, self.dim // self.heads
+            q = torch.addcmul(self.text_const, prod[:, :dim], inv_sigma)
+            vecs = (prod[:, 2 * dim : 2 * dim + 3] * inv_norm).T.contiguous()
+            return _Texts(q, prod[:, dim : 2 * dim] * inv_norm, t * inv_norm, vecs)
+        head, hd = self.head, dim // self.heads
         q = head.q_proj(head.layer_norm1(t)) * self.scale
+        vecs = (t @ self.text_vecs).mul_(inv_norm).T.contiguous()
         return _Texts(q.view(t.shape[0], self.heads, hd).permute(1, 2, 0), None, t * inv_norm, vecs)
 
     def buffers(self, tile_texts: int, tile_videos: int) -> tuple[Tensor, Tensor, Tensor]:
