@@ -200,10 +200,11 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
     weights = torch.rand(kb * tile_t * tile_v, device=e.device)
     logits_buf, dots_buf = e.new_empty(2, kb * tile_t * tile_v)
     forms_buf = e.new_empty(forms * tile_t * tile_v)
+    text_buf = e.new_empty(min(chunk, num_texts) * w_text.shape[1])
     for s0 in range(0, num_texts, chunk):
         tc = t[s0 : s0 + chunk]
         if not dense_only:
-            torch.mm(tc, w_text)
+            torch.mm(tc, w_text, out=text_buf[: tc.shape[0] * w_text.shape[1]].view(len(tc), -1))
         for a in range(0, tc.shape[0], tile_t):
             tt = min(tile_t, tc.shape[0] - a)
             for v0 in range(0, num_videos, tile_v):

@@ -225,14 +225,15 @@ class _Texts(NamedTuple):
 
     q: Tensor  # one head: [Tc, D] folded queries; several heads: [H, hd, Tc]
     tp: Tensor | None  # one head: [Tc, D] the texts through the basis map (P t^), else None
-    t_hat: Tensor  # [Tc, D] unit texts
+    t_hat: Tensor | None  # several heads: [Tc, D] unit texts (the text . basis GEMM), else None
     vecs: Tensor  # [3, Tc]: r . t^, out0 . t^, b3 . t^ (t^ = t / |t|)
 
     def rows(self, a: int, b: int) -> _Texts:
         """Texts a:b of the chunk."""
-        tp = None if self.tp is None else self.tp[a:b]
-        q = self.q[a:b] if self.tp is not None else self.q[..., a:b]
-        return _Texts(q, tp, self.t_hat[a:b], self.vecs[:, a:b])
+        if self.tp is not None:
+            return _Texts(self.q[a:b], self.tp[a:b], None, self.vecs[:, a:b])
+        assert self.t_hat is not None
+        return _Texts(self.q[..., a:b], None, self.t_hat[a:b], self.vecs[:, a:b])
 
 
 # X-Pool tiles: at most _TILE_TEXTS texts, and as many videos as keep the per-pair temporaries
@@ -353,6 +354,7 @@ class _XPoolFactors:
             text_weight = torch.cat([a_q - a_q.mean(dim=0), text_map.T,
                                      torch.stack([text_bias, out0, b3], dim=1)], dim=1)
             self.text_weight = F.pad(text_weight, (0, -text_weight.shape[1] % 16))
+            self.text_width = self.text_weight.shape[1]
             self.text_const = ln1.bias @ w_qk + head.q_proj.bias @ head.k_proj.weight * scale
             self.eps1 = ln1.eps
             # Per block of videos, so the GEMM's output stays in cache for the Gram products.
@@ -375,6 +377,7 @@ class _XPoolFactors:
             tail = basis[:, -dim:] @ lin_map
             bases = iter([(0, torch.cat([basis, tail], dim=1))])
             self.text_vecs = torch.stack([torch.zeros_like(bo), out0, b3], dim=1)  # [D, 3]
+            self.text_width = 0
             # The text . basis dots, per tile: t^ . out_basis_k.
             self.out_basis = basis[:, -dim:] * (g3 if head.residual else g2)
         self.n_quad = 3 if head.residual else 2
@@ -383,34 +386,41 @@ class _XPoolFactors:
         n_lin, lin_at = lin_map.shape[1], dim * (2 if head.residual else 1)
         self.forms = e.new_empty(num_videos, self.n_quad * kb + n_lin + 1, kb)
         gain = g3 if head.residual else g2
+        gained = e.new_empty(min(max(1, _BASIS_ROWS // num_frames), num_videos) * kb * dim)
         for v0, both in bases:
             n = both.shape[0] // kb
             u3 = both[:, :dim].view(n, kb, dim)
+            scaled = gained[: n * kb * dim].view(n, kb, dim) if n * kb * dim <= len(gained) else None
             lin = both[:, lin_at : lin_at + n_lin].view(n, kb, n_lin).transpose(1, 2)
             if head.residual:
                 z3 = both[:, dim : 2 * dim].view(n, kb, dim)
-                quads = [_gram(u3).div_(dim), _gram(z3 * gain), _gram(z3).div_(dim)]
+                p3 = torch.mul(z3, gain, out=scaled)
+                quads = [_gram(u3).div_(dim), _gram(p3), _gram(z3).div_(dim)]
             else:
-                quads = [_gram(u3).div_(dim), _gram(u3 * gain)]
+                quads = [_gram(u3).div_(dim), _gram(torch.mul(u3, gain, out=scaled))]
             ones = u3.new_ones(n, 1, kb)
             torch.cat([*quads, lin, ones], dim=1, out=self.forms[v0 : v0 + n])
         if self.merged:
             self.out_basis = None
 
-    def texts(self, t: Tensor) -> _Texts:
-        """Per-chunk text quantities (see ``_Texts``)."""
+    def texts(self, t: Tensor, buf: Tensor | None = None) -> _Texts:
+        """Per-chunk text quantities (see ``_Texts``); one head: in ``buf`` when given (flat,
+        at least Tc x ``text_weight.shape[1]`` floats), so chunks do not fault in fresh pages."""
         inv_norm = 1.0 / t.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-        dim = self.dim
+        n, dim = t.shape[0], self.dim
         if self.merged:
-            prod = t @ self.text_weight  # queries before layer_norm1's scale, P t, the vectors
+            width = self.text_weight.shape[1]
+            out = None if buf is None else buf[: n * width].view(n, width)
+            # Queries before layer_norm1's scale, P t, the per-text vectors: scaled in place.
+            prod = torch.mm(t, self.text_weight, out=out)
             inv_sigma = torch.rsqrt(t.var(dim=-1, unbiased=False, keepdim=True) + self.eps1)
-            q = torch.addcmul(self.text_const, prod[:, :dim], inv_sigma)
-            vecs = (prod[:, 2 * dim : 2 * dim + 3] * inv_norm).T.contiguous()
-            return _Texts(q, prod[:, dim : 2 * dim] * inv_norm, t * inv_norm, vecs)
+            q = prod[:, :dim].mul_(inv_sigma).add_(self.text_const)
+            vecs = prod[:, 2 * dim : 2 * dim + 3].mul_(inv_norm).T.contiguous()
+            return _Texts(q, prod[:, dim : 2 * dim].mul_(inv_norm), None, vecs)
         head, hd = self.head, dim // self.heads
         q = head.q_proj(head.layer_norm1(t)) * self.scale
         vecs = (t @ self.text_vecs).mul_(inv_norm).T.contiguous()
-        return _Texts(q.view(t.shape[0], self.heads, hd).permute(1, 2, 0), None, t * inv_norm, vecs)
+        return _Texts(q.view(n, self.heads, hd).permute(1, 2, 0), None, t * inv_norm, vecs)
 
     def buffers(self, tile_texts: int, tile_videos: int) -> tuple[Tensor, Tensor, Tensor]:
         """Flat buffers for one tile's logits, text . basis dots and forms, reused by every tile."""
@@ -421,7 +431,7 @@ class _XPoolFactors:
     def tile(self, texts: _Texts, v0: int, v1: int, out: Tensor,
              bufs: tuple[Tensor, Tensor, Tensor]) -> None:
         """Cosines of the texts against videos v0:v1, written to ``out`` [Vb, Tt] (a view)."""
-        nv, nf, kb, tt = v1 - v0, self.num_frames, self.basis, texts.t_hat.shape[0]
+        nv, nf, kb, tt = v1 - v0, self.num_frames, self.basis, texts.vecs.shape[1]
         logits_buf, dots_buf = (b[: nv * kb * tt].view(-1, tt) for b in bufs[:2])
         forms_buf = bufs[2]
         s = None
@@ -441,7 +451,7 @@ class _XPoolFactors:
             a = logits.view(self.heads, nv, nf, tt)
             a.sub_(a.amax(dim=2, keepdim=True)).exp_()
             a = a.div_(a.sum(dim=2, keepdim=True)).transpose(0, 1).reshape(nv, kb, tt)
-            assert self.out_basis is not None
+            assert self.out_basis is not None and texts.t_hat is not None
             dots = torch.mm(self.out_basis[v0 * kb : v1 * kb], texts.t_hat.T, out=dots_buf)
             dots = dots.view(nv, kb, tt)
         dot = dots.mul_(a).sum(dim=1)
@@ -497,7 +507,7 @@ class _XPoolFactors:
             keys = self.keys.view(heads, self.num_videos, nf, hd).index_select(1, video_idx)
             logits = torch.einsum("hpfd,hdp->phf", keys, texts.q[:, :, text_idx])
             a = torch.softmax(logits, dim=2).reshape(n, kb)
-            assert self.out_basis is not None
+            assert self.out_basis is not None and texts.t_hat is not None
             basis = self.out_basis.view(self.num_videos, kb, self.dim).index_select(0, video_idx)
             dot = (torch.bmm(basis, texts.t_hat[text_idx].unsqueeze(2)).squeeze(2) * a).sum(dim=1)
         forms = torch.bmm(self.forms.index_select(0, video_idx), a.unsqueeze(2)).squeeze(2)  # [P, M]
@@ -518,9 +528,10 @@ def _xpool_chunks(
         num_texts, num_videos, factors.basis, factors.forms.shape[1] - 1, chunk_size, memory_budget
     )
     bufs = factors.buffers(tile_texts, tile_videos)
+    text_buf = t.new_empty(min(chunk, num_texts) * factors.text_width)
     for s0 in range(0, num_texts, chunk):
-        texts = factors.texts(t[s0 : s0 + chunk])
-        n = texts.t_hat.shape[0]
+        texts = factors.texts(t[s0 : s0 + chunk], text_buf)
+        n = texts.vecs.shape[1]
         block = out[s0 : s0 + n] if out is not None else t.new_empty(n, num_videos)
         for a in range(0, n, tile_texts):
             rows = texts.rows(a, a + tile_texts)
