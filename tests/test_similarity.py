@@ -158,13 +158,14 @@ XPOOL_VARIANTS = [
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiles of 4 texts and ~3 videos, basis GEMM blocks of 2 videos: every boundary is hit."""
+    """Tiles of 4 texts and a few videos, basis GEMM blocks of 2 videos: every boundary is hit."""
     import xpool.similarity as sim
 
     monkeypatch.setattr(sim, "_TILE_TEXTS", 4)
     monkeypatch.setattr(sim, "_TILE_BYTES", 1)  # as few pairs per tile as the GEMM rule allows
     monkeypatch.setattr(sim, "_MIN_GEMM_ROWS", 20)
     monkeypatch.setattr(sim, "_BASIS_ROWS", 14)
+    monkeypatch.setattr(sim, "_STATS_BYTES", 1)  # the per-pair steps once per video tile
     return sim
 
 
@@ -189,6 +190,7 @@ def test_xpool_tiles_match_plain(small_tiles, options, shape):
         mp.setattr(small_tiles, "_TILE_TEXTS", 1 << 20)
         mp.setattr(small_tiles, "_TILE_BYTES", 1 << 40)
         mp.setattr(small_tiles, "_BASIS_ROWS", 1 << 20)
+        mp.setattr(small_tiles, "_STATS_BYTES", 1 << 40)
         whole = similarity_matrix(head, t, e, chunk_size=9)
     assert (fast - whole).abs().max().item() <= 1e-6
 

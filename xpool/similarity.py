@@ -244,6 +244,8 @@ class _Texts(NamedTuple):
 # busy machine can wait for a scheduler slice.
 _TILE_TEXTS = 256  # a multiple of 16: GEMM output rows not 64-byte aligned run up to 25% slower
 _TILE_BYTES = 8 * 2**20
+# Bytes of per-pair forms gathered over video tiles before the per-pair steps run on them.
+_STATS_BYTES = 16 * 2**20
 # Rows of the per-video basis GEMM per block (its output, about 4 kB a row, stays in cache).
 _BASIS_ROWS = 1024
 
@@ -428,13 +430,14 @@ class _XPoolFactors:
         new = self.forms.new_empty
         return new(self.basis * n), new(self.basis * n), new(self.forms.shape[1] * n)
 
-    def tile(self, texts: _Texts, v0: int, v1: int, out: Tensor,
+    def tile(self, texts: _Texts, v0: int, v1: int, stats: Tensor,
              bufs: tuple[Tensor, Tensor, Tensor]) -> None:
-        """Cosines of the texts against videos v0:v1, written to ``out`` [Vb, Tt] (a view)."""
+        """The per-pair forms of the texts against videos v0:v1, into ``stats`` [Vt, R, Tt] (a
+        view; rows: the quadratic forms, the linear forms and s, the text . output dot), which
+        ``finish`` turns into cosines for all videos of a text tile at once."""
         nv, nf, kb, tt = v1 - v0, self.num_frames, self.basis, texts.vecs.shape[1]
         logits_buf, dots_buf = (b[: nv * kb * tt].view(-1, tt) for b in bufs[:2])
         forms_buf = bufs[2]
-        s = None
         if texts.tp is not None:
             # Attention logits and text . basis dots: two GEMMs against the same keys (one
             # merged GEMM would interleave them, and every pass below is slower on strided rows).
@@ -454,16 +457,19 @@ class _XPoolFactors:
             assert self.out_basis is not None and texts.t_hat is not None
             dots = torch.mm(self.out_basis[v0 * kb : v1 * kb], texts.t_hat.T, out=dots_buf)
             dots = dots.view(nv, kb, tt)
-        dot = dots.mul_(a).sum(dim=1)
-        m = self.forms.shape[1]
+        m, nq = self.forms.shape[1], self.n_quad
+        torch.sum(dots.mul_(a), dim=1, out=stats[:, -1])
         forms = torch.bmm(self.forms[v0:v1], a, out=forms_buf[: nv * m * tt].view(nv, m, tt))
-        nq = self.n_quad
         # The Gram rows are contracted with the weights once more; the vectors' rows already are.
-        quad = forms[:, : nq * kb].view(nv, nq, kb, tt).mul_(a.unsqueeze(1)).sum(dim=2)
-        lin = forms[:, nq * kb :].unbind(1)
-        if texts.tp is not None:
-            s = lin[-1]
-        self._finish(dot, quad.unbind(1), lin[:-1], s, texts.vecs, out)
+        torch.sum(forms[:, : nq * kb].view(nv, nq, kb, tt).mul_(a.unsqueeze(1)), dim=2,
+                  out=stats[:, :nq])
+        stats[:, nq:-1].copy_(forms[:, nq * kb :])
+
+    def finish(self, stats: Tensor, vecs: Tensor, out: Tensor) -> None:
+        """Cosines from ``tile``'s forms [V, R, Tt] into ``out`` [V, Tt] (a view)."""
+        rows, nq = stats.unbind(1), self.n_quad
+        s = rows[-2] if self.merged else None  # the row of ones: sum of unnormalised weights
+        self._finish(rows[-1], rows[:nq], rows[nq:-2], s, vecs, out)
 
     def _finish(self, dot: Tensor, quad: tuple[Tensor, ...], lin: tuple[Tensor, ...],
                 s: Tensor | None, vecs: Tensor, out: Tensor | None = None) -> Tensor:
@@ -529,15 +535,24 @@ def _xpool_chunks(
     )
     bufs = factors.buffers(tile_texts, tile_videos)
     text_buf = t.new_empty(min(chunk, num_texts) * factors.text_width)
+    # Per text tile, the forms of many video tiles (up to _STATS_BYTES), so that the per-pair
+    # steps run once over [Vg, Tt] instead of once per tile.
+    num_stats = factors.n_quad + factors.forms.shape[1] - factors.n_quad * factors.basis + 1
+    group = tile_videos * max(1, _STATS_BYTES // (4 * num_stats * tile_texts * tile_videos))
+    stats = t.new_empty(min(group, num_videos), num_stats, tile_texts)
     for s0 in range(0, num_texts, chunk):
         texts = factors.texts(t[s0 : s0 + chunk], text_buf)
         n = texts.vecs.shape[1]
         block = out[s0 : s0 + n] if out is not None else t.new_empty(n, num_videos)
         for a in range(0, n, tile_texts):
             rows = texts.rows(a, a + tile_texts)
-            for v0 in range(0, num_videos, tile_videos):
-                v1 = min(v0 + tile_videos, num_videos)
-                factors.tile(rows, v0, v1, block[a : a + tile_texts, v0:v1].T, bufs)
+            for g0 in range(0, num_videos, group):
+                g1 = min(g0 + group, num_videos)
+                tile_stats = stats[: g1 - g0, :, : rows.vecs.shape[1]]
+                for v0 in range(g0, g1, tile_videos):
+                    v1 = min(v0 + tile_videos, g1)
+                    factors.tile(rows, v0, v1, tile_stats[v0 - g0 : v1 - g0], bufs)
+                factors.finish(tile_stats, rows.vecs, block[a : a + tile_texts, g0:g1].T)
         yield s0, block
 
 
