@@ -302,6 +302,8 @@ class _XPoolFactors:
         self.merged = heads == 1
         self.eps2 = head.layer_norm2.eps
         self.scale = scale = 1.0 / math.sqrt(hd)
+        # Several heads: the per-frame output basis, for a tile's text . basis GEMM.
+        self.out_basis: Tensor | None = None
         e1 = head.layer_norm1(e)  # [V, F, D]
         wv, bv = head.v_proj.weight, head.v_proj.bias
         wo, bo = head.out_proj.weight, head.out_proj.bias
@@ -380,7 +382,6 @@ class _XPoolFactors:
             bases = iter([(0, torch.cat([basis, tail], dim=1))])
             self.text_vecs = torch.stack([torch.zeros_like(bo), out0, b3], dim=1)  # [D, 3]
             self.text_width = 0
-            # The text . basis dots, per tile: t^ . out_basis_k.
             self.out_basis = basis[:, -dim:] * (g3 if head.residual else g2)
         self.n_quad = 3 if head.residual else 2
         # [V, M, K]: the bmm of this with the attention weights gives every quadratic and linear
@@ -402,8 +403,6 @@ class _XPoolFactors:
                 quads = [_gram(u3).div_(dim), _gram(torch.mul(u3, gain, out=scaled))]
             ones = u3.new_ones(n, 1, kb)
             torch.cat([*quads, lin, ones], dim=1, out=self.forms[v0 : v0 + n])
-        if self.merged:
-            self.out_basis = None
 
     def texts(self, t: Tensor, buf: Tensor | None = None) -> _Texts:
         """Per-chunk text quantities (see ``_Texts``); one head: in ``buf`` when given (flat,
