@@ -12,8 +12,10 @@ format of ``bench/common.py``.
   of their results.
 - An MSVD-sized problem (670 videos, 27,763 captions, F = 12, D = 512): fast-path time and peak
   memory (the plain pooled [V, T, D] tensor alone would take 38 GB).
-- The GEMM floor at both sizes: the fast path's matrix products alone (``gemm_floor``), timed
-  as plain ``torch.mm`` calls of the same shapes and tiles, and the fast path's time over it.
+- The GEMM floor at both sizes: every matrix product of the fast path alone (``gemm_floor``),
+  timed as plain ``torch.mm`` / ``torch.bmm`` calls of the same shapes, chunks and tiles, and
+  the fast path's time over it (the headline); also the floor of its two dense GEMM families
+  alone (``dense_only``: the per-video basis GEMM and the tile GEMMs, about 91% of the FLOPs).
 - Achieved GFLOP/s of the fast path (its arithmetic counted analytically) next to a large
   float32 matmul on the same device.
 
@@ -27,8 +29,10 @@ baseline is the computation's peak extra resident memory (inputs excluded, outpu
 Without clear_refs it falls back to ru_maxrss minus the baseline (an upper bound that may include
 setup). On CUDA the peak is ``torch.cuda.max_memory_allocated`` above the allocation before the
 call. A child process per measurement keeps one run's allocator state and peak out of the next.
-Plain and fast runs alternate (plain, fast, fast, plain, ...) so load changes on a shared machine
-hit both alike; medians are reported, and each run's CPU time (user + sys, all threads) too.
+Each round runs every kind once (1,000 x 1,000: plain, fast, floor, dense floor; MSVD-sized:
+fast, floor, dense floor), in an order rotated from round to round, so load changes on a shared
+machine hit all kinds alike; medians are reported, and each run's CPU time (user + sys, all
+threads) too. The machine's load average at the start and end is in the record.
 """
 
 from __future__ import annotations
@@ -104,9 +108,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         spec["texts"], spec["videos"], spec["frames"], spec["dim"], spec["heads"], spec["seed"]
     )
     head, t, e = head.to(device), t.to(device), e.to(device)
-    fn = {"fast": similarity_matrix, "plain": plain_similarity_matrix, "floor": gemm_floor}[
-        spec["kind"]
-    ]
+    fn = {
+        "fast": similarity_matrix,
+        "plain": plain_similarity_matrix,
+        "floor": gemm_floor,
+        "dense": lambda *a: gemm_floor(*a, dense_only=True),
+    }[spec["kind"]]
     fn(head, t[:16], e[:32])  # warm-up: thread pools, BLAS kernels, CUDA context
     if cuda:
         torch.cuda.synchronize(device)
@@ -148,33 +155,66 @@ def _run(spec: dict[str, Any], isolated: bool) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def gemm_floor(head: Any, t: Any, e: Any) -> Any:
-    """The fast path's matrix products alone, as plain ``torch.mm`` calls of the same shapes.
+def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
+    """The fast path's matrix products alone, as plain ``torch.mm`` / ``torch.bmm`` calls.
 
-    The one-head fast path (``xpool.similarity``) does, per video set, two [V F, D] x [D, D]
-    products (the value/output and the residual projections of every frame) and, per
-    (text chunk, video block) tile, [Vb F, D] x [D, 2 Tc] of text-side products (the attention
-    logits and the text . basis dots; one merged product or two of [D, Tc], the same FLOPs). This
-    runs exactly those shapes, in the tiles the fast path picks for the same problem, on operands
-    of the right sizes, and nothing else: no softmax, no per-video Gram forms, no elementwise
-    work. The fast path's time over this one is how far it is from its GEMM floor.
+    The one-head fast path (``xpool.similarity``, residual FC) does: three [D, D] x [D, D]
+    weight folds (once); per block of ``_BASIS_ROWS`` frames, [rows, D] x [D, 2D + 16] (both
+    bases and the linear forms of every frame, zero-padded to 16-float rows) and three Gram
+    products [n, F, D] x [n, D, F]; per text chunk [Tc, D] x [D, 2D + 16] (queries, text . basis
+    maps, per-text vectors); per (text tile, video tile) two [Vt F, D] x [D, Tt] (attention
+    logits, text . basis dots) and the forms' batched product [Vt, 3F + 4, F] x [Vt, F, Tt].
+    This runs exactly those shapes, in the fast path's chunks and tiles (``_xpool_plan``), into
+    reused output buffers where the fast path reuses them, and nothing else: no softmax, no
+    elementwise work. Products of D^2 multiply-adds or fewer (matrix-vector) are left out.
+
+    ``dense_only`` keeps the two dense families alone (the basis GEMM and the tile GEMMs, about
+    91% of the FLOPs): the floor of a fast path whose small products (Grams, text side, weight
+    folds, the forms' product with an inner size of F) were free.
     """
     import torch
 
-    from xpool.similarity import DEFAULT_MEMORY_BUDGET, _tiles
+    from xpool.similarity import _BASIS_ROWS, DEFAULT_MEMORY_BUDGET, _xpool_plan
 
     num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
-    kb = num_frames
-    per_pair = kb * ((3 * kb + 3) // kb + 6) + 8  # as xpool.similarity._xpool_chunks (residual)
-    chunk, block = _tiles(num_texts, num_videos, kb, per_pair, None, DEFAULT_MEMORY_BUDGET)
+    kb, forms = num_frames, 3 * num_frames + 4  # Gram matrices, linear forms, a row of ones
+    chunk, tile_t, tile_v = _xpool_plan(num_texts, num_videos, kb, forms - 1, None,
+                                        DEFAULT_MEMORY_BUDGET)
     frames = e.reshape(num_videos * num_frames, dim)
-    w = torch.randn(dim, dim, device=e.device) / dim**0.5
-    torch.mm(frames, w)
-    torch.mm(frames, w)
+    w = torch.randn(dim, 2 * dim + 3 + (-(2 * dim + 3) % 16), device=e.device) / dim**0.5
+    small, w_text = w[:, :dim].contiguous(), w.clone()
+    if not dense_only:
+        for _ in range(3):
+            torch.mm(small, small)
+    block = max(1, _BASIS_ROWS // num_frames)
+    buf = e.new_empty(min(block, num_videos) * num_frames * w.shape[1])
+    for v0 in range(0, num_videos, block):
+        rows = frames[v0 * kb : (v0 + block) * kb]
+        out = torch.mm(rows, w, out=buf[: rows.shape[0] * w.shape[1]].view(-1, w.shape[1]))
+        if not dense_only:
+            basis = out[:, :dim].view(-1, kb, dim)
+            for _ in range(3):
+                torch.bmm(basis, basis.transpose(1, 2))
+    form_stack = torch.randn(num_videos, forms, kb, device=e.device)
+    queries, text_maps = torch.randn(2, tile_t, dim, device=e.device)
+    weights = torch.rand(kb * tile_t * tile_v, device=e.device)
+    logits_buf, dots_buf = e.new_empty(2, kb * tile_t * tile_v)
+    forms_buf = e.new_empty(forms * tile_t * tile_v)
+    text_buf = e.new_empty(min(chunk, num_texts) * w_text.shape[1])
     for s0 in range(0, num_texts, chunk):
-        rhs = torch.cat([t[s0 : s0 + chunk], t[s0 : s0 + chunk]]).T.contiguous()  # [D, 2 Tc]
-        for v0 in range(0, num_videos, block):
-            torch.mm(frames[v0 * num_frames : min(v0 + block, num_videos) * num_frames], rhs)
+        tc = t[s0 : s0 + chunk]
+        if not dense_only:
+            torch.mm(tc, w_text, out=text_buf[: tc.shape[0] * w_text.shape[1]].view(len(tc), -1))
+        for a in range(0, tc.shape[0], tile_t):
+            tt = min(tile_t, tc.shape[0] - a)
+            for v0 in range(0, num_videos, tile_v):
+                nv = min(tile_v, num_videos - v0)
+                keys = frames[v0 * kb : (v0 + nv) * kb]
+                torch.mm(keys, queries[:tt].T, out=logits_buf[: nv * kb * tt].view(-1, tt))
+                torch.mm(keys, text_maps[:tt].T, out=dots_buf[: nv * kb * tt].view(-1, tt))
+                if not dense_only:
+                    torch.bmm(form_stack[v0 : v0 + nv], weights[: nv * kb * tt].view(nv, kb, tt),
+                              out=forms_buf[: nv * forms * tt].view(nv, forms, tt))
     return t.new_zeros(1)
 
 
@@ -184,9 +224,10 @@ def gemm_floor(head: Any, t: Any, e: Any) -> Any:
 def fast_path_flops(num_texts: int, num_videos: int, num_frames: int, dim: int) -> float:
     """2 x multiply-adds of the one-head fast path: per-frame precompute, texts, per-pair work."""
     vf, k = num_videos * num_frames, num_frames
-    forms = 3 * k + 3
-    precompute = 2 * 2 * vf * dim * dim + 3 * 2 * num_videos * k * k * dim
-    texts = 2 * 2 * num_texts * dim * dim
+    forms = 3 * k + 4  # three Gram matrices, three linear forms, the row of ones
+    # weight folds, both bases and the linear forms of every frame, the three Gram matrices
+    precompute = 3 * 2 * dim**3 + 2 * vf * dim * (2 * dim + 3) + 3 * 2 * num_videos * k * k * dim
+    texts = 2 * num_texts * dim * (2 * dim + 3)  # queries, text . basis maps, per-text vectors
     per_pair = 2 * 2 * num_texts * vf * dim + 2 * num_texts * num_videos * k * forms
     return float(precompute + texts + per_pair)
 
@@ -244,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     isolated = not args.quick  # quick: measure in this process (no child start-up per run)
     msvd_repeats = 1 if args.quick else repeats
     (num_texts, num_videos), (msvd_videos, msvd_captions) = sizes["square"], sizes["msvd"]
@@ -269,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         fast="xpool.similarity.similarity_matrix (default memory-budget tiling)",
     )
 
-    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "fast": []}
+    # Every round runs each kind once, in a rotated order, so load changes hit all kinds alike.
+    square_kinds = ("plain", "fast", "floor", "dense")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in square_kinds}
     with tempfile.TemporaryDirectory() as tmp:
-        saved = {kind: os.path.join(tmp, f"{kind}.npy") for kind in runs}
+        saved = {kind: os.path.join(tmp, f"{kind}.npy") for kind in ("plain", "fast")}
         for rep in range(repeats):
-            for kind in ("plain", "fast") if rep % 2 == 0 else ("fast", "plain"):
+            for kind in square_kinds[rep % 4 :] + square_kinds[: rep % 4]:
                 spec = dict(base, kind=kind, texts=num_texts, videos=num_videos)
-                if not runs[kind]:
+                if kind in saved and not runs[kind]:
                     spec["save"] = saved[kind]
                 run = _run(spec, isolated)
                 runs[kind].append(run)
@@ -294,23 +337,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    floor_runs = []
-    for rep in range(repeats):
-        run = _run(dict(base, kind="floor", texts=num_texts, videos=num_videos), isolated)
-        floor_runs.append(run)
-        print(f"  {num_texts} x {num_videos} GEMM floor round {rep + 1}/{repeats}: "
-              f"{run['seconds']:.3f} s", flush=True)
-
-    msvd_runs, msvd_floor_runs = [], []
+    msvd_kinds = ("fast", "floor", "dense")
+    msvd: dict[str, list[dict[str, Any]]] = {kind: [] for kind in msvd_kinds}
     for rep in range(msvd_repeats):
-        for kind in ("fast", "floor") if rep % 2 == 0 else ("floor", "fast"):
+        for kind in msvd_kinds[rep % 3 :] + msvd_kinds[: rep % 3]:
             run = _run(dict(base, kind=kind, texts=msvd_captions, videos=msvd_videos), isolated)
-            (msvd_runs if kind == "fast" else msvd_floor_runs).append(run)
+            msvd[kind].append(run)
             print(
                 f"  MSVD-sized {msvd_videos} videos x {msvd_captions} captions, {kind}, round "
                 f"{rep + 1}/{msvd_repeats}: {run['seconds']:.2f} s, peak +{run['peak_mb']:.0f} MB",
                 flush=True,
             )
+    msvd_runs = msvd["fast"]
     matmul = matmul_gflops(device)
 
     plain_s, fast_s = _median(runs["plain"], "seconds"), _median(runs["fast"], "seconds")
@@ -322,16 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     pooled_gb = msvd_videos * msvd_captions * DIM * 4 / 1e9
     size = f"{num_texts} x {num_videos}"
     full = not args.quick
-    floor_s, msvd_floor_s = _median(floor_runs, "seconds"), _median(msvd_floor_runs, "seconds")
-    for label, f_s, fl_s in ((size, fast_s, floor_s),
-                             (f"MSVD-sized {msvd_videos} x {msvd_captions}", msvd_s, msvd_floor_s)):
+    floor_s, msvd_floor_s = _median(runs["floor"], "seconds"), _median(msvd["floor"], "seconds")
+    dense_s, msvd_dense_s = _median(runs["dense"], "seconds"), _median(msvd["dense"], "seconds")
+    def paired(source: dict[str, list[dict[str, Any]]], floor: str) -> list[float]:
+        """fast / floor per round (both ran in the same round, so slow load drifts cancel)."""
+        return [f["seconds"] / g["seconds"]
+                for f, g in zip(source["fast"], source[floor], strict=True)]
+
+    for label, f_s, fl_s, d_s, source in (
+        (size, fast_s, floor_s, dense_s, runs),
+        (f"MSVD-sized {msvd_videos} x {msvd_captions}", msvd_s, msvd_floor_s, msvd_dense_s, msvd),
+    ):
+        rounds = ", ".join(f"{r:.2f}" for r in paired(source, "floor"))
         report.add_headline(
             f"fast path over its GEMM floor, {label}",
             f_s / fl_s,
             "x",
             target=f"<= {TARGET_FLOOR_RATIO}x" if full else None,
             met=f_s / fl_s <= TARGET_FLOOR_RATIO if full else None,
-            detail=f"fast {f_s:.3f} s, its matrix products alone as torch.mm {fl_s:.3f} s",
+            detail=f"fast {f_s:.3f} s, all its matrix products alone as torch.mm/bmm "
+            f"{fl_s:.3f} s (per round: {rounds}); over the two dense GEMM families alone "
+            f"({d_s:.3f} s): {f_s / d_s:.2f}x",
         )
 
     report.add_headline(
@@ -387,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                 msvd_gflop,
                 msvd_gflop / msvd_s,
             ],
-            [f"GEMM floor {size} (the fast path's products as torch.mm)", floor_s,
-             _median(floor_runs, "cpu_seconds"), _median(floor_runs, "peak_mb"), None, None],
-            ["GEMM floor, MSVD-sized", msvd_floor_s, _median(msvd_floor_runs, "cpu_seconds"),
-             _median(msvd_floor_runs, "peak_mb"), None, None],
+            *[
+                [f"GEMM floor{what}, {where}", _median(rs, "seconds"), _median(rs, "cpu_seconds"),
+                 _median(rs, "peak_mb"), None, None]
+                for where, source in ((size, runs), ("MSVD-sized", msvd))
+                for what, rs in ((" (all the fast path's products)", source["floor"]),
+                                 (", dense GEMMs only", source["dense"]))
+            ],
             [f"float32 matmul 4096 x 512 x 4096 ({device.type})", None, None, None, None, matmul],
         ],
     )
@@ -419,12 +471,22 @@ def main(argv: list[str] | None = None) -> int:
             "plain_pooled_tensor_gb": pooled_gb,
         },
         "gemm_floor": {
-            "square_runs": floor_runs,
-            "msvd_runs": msvd_floor_runs,
+            "square_runs": runs["floor"],
+            "msvd_runs": msvd["floor"],
+            "square_dense_runs": runs["dense"],
+            "msvd_dense_runs": msvd["dense"],
             "square_seconds": floor_s,
             "msvd_seconds": msvd_floor_s,
+            "square_dense_seconds": dense_s,
+            "msvd_dense_seconds": msvd_dense_s,
             "square_ratio": fast_s / floor_s,
             "msvd_ratio": msvd_s / msvd_floor_s,
+            "square_dense_ratio": fast_s / dense_s,
+            "msvd_dense_ratio": msvd_s / msvd_dense_s,
+            "square_round_ratios": paired(runs, "floor"),
+            "msvd_round_ratios": paired(msvd, "floor"),
+            "square_dense_round_ratios": paired(runs, "dense"),
+            "msvd_dense_round_ratios": paired(msvd, "dense"),
         },
         "matmul_gflops_per_s": matmul,
         "peak_memory_method": runs["fast"][0]["peak_method"],

@@ -146,3 +146,97 @@ def test_chunks_reassemble_the_matrix(name):
     assert [s0 for s0, _ in chunks] == [0, 10, 20, 30]
     assert torch.equal(torch.cat([b for _, b in chunks]), similarity_matrix(head, t, e, chunk_size=10))
     assert head.training  # the head's mode is restored once the chunks are consumed
+
+
+XPOOL_VARIANTS = [
+    {"num_heads": 1},
+    {"num_heads": 1, "residual": False},
+    {"num_heads": 4},
+    {"num_heads": 2, "residual": False},
+]
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 4 texts and a few videos, basis GEMM blocks of 2 videos: every boundary is hit."""
+    import xpool.similarity as sim
+
+    monkeypatch.setattr(sim, "_TILE_TEXTS", 4)
+    monkeypatch.setattr(sim, "_TILE_BYTES", 1)  # as few pairs per tile as the GEMM rule allows
+    monkeypatch.setattr(sim, "_MIN_GEMM_ROWS", 20)
+    monkeypatch.setattr(sim, "_BASIS_ROWS", 14)
+    monkeypatch.setattr(sim, "_STATS_BYTES", 1)  # the per-pair steps once per video tile
+    return sim
+
+
+@pytest.mark.parametrize("options", XPOOL_VARIANTS)
+@pytest.mark.parametrize("shape", [(37, 23, 7), (5, 41, 1), (1, 9, 3), (26, 1, 12)])
+def test_xpool_tiles_match_plain(small_tiles, options, shape):
+    """Text tiles, video tiles and basis blocks with remainders (T != V, one frame, one text,
+    one video): the fast path still equals the plain one, and equals the one-tile result up to
+    float rounding."""
+    num_texts, num_videos, num_frames = shape
+    head = build_pooling("xpool", D, **options)
+    random_weights(head, seed=11)
+    t, e = _inputs(num_texts, num_videos, num_frames, seed=4)
+    plan = small_tiles._xpool_plan(num_texts, num_videos, num_frames * head.num_heads, 40, None,
+                                   small_tiles.DEFAULT_MEMORY_BUDGET)
+    assert plan[1] <= 4 and plan[2] <= max(1, -(-20 // num_frames))
+    fast = similarity_matrix(head, t, e, chunk_size=9)
+    plain = plain_similarity_matrix(head, t, e)
+    assert fast.shape == (num_texts, num_videos)
+    assert (fast - plain).abs().max().item() <= 1e-5
+    with pytest.MonkeyPatch.context() as mp:  # one tile per chunk, one basis block
+        mp.setattr(small_tiles, "_TILE_TEXTS", 1 << 20)
+        mp.setattr(small_tiles, "_TILE_BYTES", 1 << 40)
+        mp.setattr(small_tiles, "_BASIS_ROWS", 1 << 20)
+        mp.setattr(small_tiles, "_STATS_BYTES", 1 << 40)
+        whole = similarity_matrix(head, t, e, chunk_size=9)
+    assert (fast - whole).abs().max().item() <= 1e-6
+
+
+def test_xpool_tiles_are_deterministic(small_tiles):
+    head = build_pooling("xpool", D)
+    random_weights(head, seed=2)
+    t, e = _inputs(30, 17, 5)
+    assert torch.equal(similarity_matrix(head, t, e), similarity_matrix(head, t, e))
+    chunks = list(similarity_chunks(head, t, e, chunk_size=7))
+    assert torch.equal(torch.cat([b for _, b in chunks]), similarity_matrix(head, t, e, chunk_size=7))
+
+
+@pytest.mark.parametrize("options", XPOOL_VARIANTS[:3])
+def test_xpool_empty_inputs(options):
+    head = build_pooling("xpool", D, **options)
+    t, e = _inputs(6, 4, 3)
+    assert similarity_matrix(head, t[:0], e).shape == (0, 4)
+    assert similarity_matrix(head, t, e[:0]).shape == (6, 0)
+
+
+@pytest.mark.parametrize("options", XPOOL_VARIANTS)
+def test_xpool_texts_at_any_scale(options):
+    """The fast path folds 1 / |t| into the text side: scaling a text leaves its cosines alone
+    (up to layer_norm1's eps, which the plain path applies to the raw text too)."""
+    head = build_pooling("xpool", D, **options)
+    random_weights(head, seed=6)
+    t, e = _inputs(12, 8, 4)
+    t = t * torch.logspace(-1, 2, 12)[:, None]
+    plain = plain_similarity_matrix(head, t, e)
+    assert (similarity_matrix(head, t, e) - plain).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("options", XPOOL_VARIANTS)
+def test_xpool_bits_do_not_depend_on_the_thread_count(options):
+    """Same bits with 1 and 2 threads, on tiles whose widths (300 = 256 + 44 texts) are not a
+    multiple of the vector width: torch.softmax over a middle dimension fails this."""
+    head = build_pooling("xpool", D, **options)
+    random_weights(head, seed=9)
+    t, e = _inputs(300, 130, 12, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = similarity_matrix(head, t, e)
+        torch.set_num_threads(2)
+        two = similarity_matrix(head, t, e)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
