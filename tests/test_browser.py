@@ -205,10 +205,13 @@ def test_lab_runs_the_explorer_and_a_typed_query_shows_attention(smoke_root, tmp
             box.fill(query)
             box.press("Enter")
             page.wait_for_selector(f"text=showing: {query}", timeout=120_000)
-            label = page.wait_for_selector(
-                ".xpool-figure-label:has-text('attention over the frames of the best match')",
-                timeout=120_000)
-            label.scroll_into_view_if_needed()
+            # A locator, not an element handle: the explorer re-renders its output after the
+            # query, which can detach a handle taken a moment earlier (seen under load);
+            # a locator finds the label again for each action.
+            label = page.locator(
+                ".xpool-figure-label:has-text('attention over the frames of the best match')").first
+            label.wait_for(timeout=120_000)
+            label.scroll_into_view_if_needed(timeout=60_000)
             # The attention figure: the image right after its label, loaded.
             size = page.wait_for_function(
                 "() => { const l = [...document.querySelectorAll('.xpool-figure-label')]"
