@@ -26,13 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from xpool.config import DIRECTIONS, DSL_DIRECTIONS, RESULT_DIRECTIONS
+from xpool.config import DIRECTIONS
 from xpool.errors import XPoolError
 
 __all__ = [
-    "DIRECTIONS",
-    "DSL_DIRECTIONS",
-    "RESULT_DIRECTIONS",
     "V2T_CONVENTIONS",
     "dual_softmax",
     "rank_metrics",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from xpool.config import Config, EvalConfig
+from xpool.config import RESULT_DIRECTIONS, Config, EvalConfig
 from xpool.data.corpora import load_corpus
 from xpool.data.datasets import EvalSet, VideoClipDataset
 from xpool.data.splits import ensure_data
@@ -21,7 +21,6 @@ from xpool.engine.features import feature_dim, load_features
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device
 from xpool.metrics import (
-    RESULT_DIRECTIONS,
     dual_softmax,
     t2v_metrics,
     t2v_ranks,
