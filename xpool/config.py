@@ -29,6 +29,10 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
 # The pooling heads, in the order tables list them (the one copy of these names).
+# How float32 matrix products run on the CPU: "native" (torch's MKL and oneDNN kernels, which
+# pick their code path by CPU vendor and model) or "exact" (computed exactly and rounded once,
+# the same bits on every x86-64 CPU; see xpool.exact_gemm).
+GEMM_MODES = ("native", "exact")
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
 # The two retrieval directions, their dual-softmax columns, and all four as results carry them
 # (here, not in metrics, so that reporting can name them without loading torch).
@@ -124,6 +128,10 @@ class ModelConfig:
     # layers and position embedding, as CLIP4Clip) or "random" (CLIP4Clip's own init_weights).
     sa_init: str = "random"
     frozen: bool = False
+    # "native" or "exact" (GEMM_MODES above): the CPU's float32 matrix products and convolutions
+    # of pretraining, feature extraction, training and evaluation. The embedded profiles use
+    # "exact", which makes them bit-identical across CPU vendors; GPUs are unaffected.
+    gemm: str = "native"
 
 
 @dataclass
@@ -286,6 +294,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "model.attention_temperature": (_positive, "a positive number"),
     "model.sa_layers": (_positive, "a positive integer"),
     "model.sa_heads": (_positive, "a positive integer"),
+    "model.gemm": (_one_of(*GEMM_MODES), f"one of {GEMM_MODES}"),
     "model.sa_init": (_one_of("clip_text", "random"), "'clip_text' or 'random'"),
     "train.epochs": (_positive, "a positive integer"),
     "train.batch_size": (lambda v: v >= 2, "an integer >= 2 (contrastive loss needs negatives)"),

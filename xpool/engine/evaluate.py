@@ -20,6 +20,7 @@ from xpool.engine.embed import Embeddings, embed_split, embed_texts, embed_video
 from xpool.engine.features import feature_dim, load_features
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device
+from xpool.exact_gemm import gemm_mode
 from xpool.metrics import (
     dual_softmax,
     t2v_metrics,
@@ -97,8 +98,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test"
     device = pick_device()
     model = pretrained_model(cfg).to(device)
     load_model_state(model, checkpoint, cfg)
-    emb = build_eval_embeddings(cfg, model, split, device, progress=progress)
-    return result_metrics(score(model.pooling, emb, cfg.eval, device))
+    with gemm_mode(cfg.model.gemm):
+        emb = build_eval_embeddings(cfg, model, split, device, progress=progress)
+        return result_metrics(score(model.pooling, emb, cfg.eval, device))
 
 
 @torch.no_grad()
@@ -114,11 +116,13 @@ def evaluate_frozen_mean_pool(
     backbone = build_backbone(config.model.backbone, pretrained=str(checkpoint)).eval()
     clips = VideoClipDataset(es.paths, transform_for(backbone, train=False), num_frames)
     cpu = torch.device("cpu")
-    frames = embed_videos(backbone, clips, batch_size, cpu)
-    # Every caption in one batch, as this check has always encoded them.
-    texts = embed_texts(backbone, es.texts, max(1, len(es.texts)), cpu)
-    emb = Embeddings(texts, frames, es.video_of_text, list(es.video_ids), list(es.texts))
-    result = score(build_pooling("mean", backbone.embed_dim), emb, EvalConfig(dsl=False), cpu)
+    with gemm_mode(config.model.gemm):
+        frames = embed_videos(backbone, clips, batch_size, cpu)
+        # Every caption in one batch, as this check has always encoded them.
+        texts = embed_texts(backbone, es.texts, max(1, len(es.texts)), cpu)
+        emb = Embeddings(texts, frames, es.video_of_text, list(es.video_ids), list(es.texts))
+        result = score(build_pooling("mean", backbone.embed_dim), emb, EvalConfig(dsl=False),
+                       cpu)
     out = dict(result["t2v"])
     out["chance_R1"] = 100.0 / len(es.video_ids)
     out["scenes"] = config.synth.scenes

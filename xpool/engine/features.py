@@ -29,6 +29,7 @@ from xpool.engine.embed import Embeddings, embed_texts, embed_videos
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device, torch_threads
 from xpool.errors import FileReadError, XPoolError
+from xpool.exact_gemm import gemm_mode
 from xpool.integrity import file_sha256
 from xpool.io import atomic_write_text, torch_load, torch_save
 from xpool.model.backbone import build_backbone
@@ -50,6 +51,8 @@ def features_dir(cfg: Config) -> Path:
     for k in ("sampling_rule", "antialias", "videos_dir", "lsmdc_captions"):
         if getattr(cfg.data, k) != getattr(defaults, k):
             key[k] = getattr(cfg.data, k)
+    if cfg.model.gemm != "native":
+        key["gemm"] = cfg.model.gemm
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return resolve("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 
@@ -112,7 +115,7 @@ def extract_features(cfg: Config, split: str, shard_size: int = 64, progress: bo
         verify_features(out)
         return out
     # A fixed thread count: the features' rounding depends on it (see xpool.determinism).
-    with torch_threads(STUDY_THREADS):
+    with torch_threads(STUDY_THREADS), gemm_mode(cfg.model.gemm):
         return _extract(cfg, split, out, shard_size, progress, max_shards)
 
 

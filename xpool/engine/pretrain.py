@@ -45,6 +45,7 @@ from xpool.data.transforms import VideoTransform, transform_for
 from xpool.determinism import STUDY_THREADS
 from xpool.engine.setup import cosine_with_warmup, torch_threads
 from xpool.errors import ConfigError, TrainingError, XPoolError
+from xpool.exact_gemm import gemm_mode
 from xpool.integrity import tensors_sha256
 from xpool.io import atomic_write, atomic_write_text, read_json, torch_save, write_json
 from xpool.losses import symmetric_infonce
@@ -82,6 +83,8 @@ def cache_key(config: Config) -> str:
         "renderer_version": RENDERER_VERSION,
         "pretrain_version": PRETRAIN_VERSION,
     }
+    if config.model.gemm != "native":  # keys of native caches unchanged
+        payload["gemm"] = config.model.gemm
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -207,7 +210,7 @@ def encode_text_trimmed(backbone: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 def _pretrain(config: Config, out: Path, progress: bool) -> None:
     # A fixed thread count: the reductions' rounding depends on it (see xpool.determinism).
-    with torch_threads(STUDY_THREADS):
+    with torch_threads(STUDY_THREADS), gemm_mode(config.model.gemm):
         start = time.perf_counter()
         torch.manual_seed(config.pretrain.seed)
         run = _setup(config)

@@ -54,6 +54,7 @@ from xpool.engine.setup import (
     set_rng_state,
 )
 from xpool.errors import TrainingError, XPoolError
+from xpool.exact_gemm import gemm_mode
 from xpool.io import torch_load, torch_save, write_json
 from xpool.losses import symmetric_infonce
 from xpool.model.build import build_model, needs_pretrained
@@ -99,7 +100,8 @@ def train(cfg: Config, resume: bool = False, fresh: bool = False,
                 print(f"[xpool] removed {len(removed)} temporary files left by an interrupted "
                       f"write in {record.run_dir}")
         barrier(info)
-        return _train(cfg, record, device, info, resume and not fresh, progress)
+        with gemm_mode(cfg.model.gemm):
+            return _train(cfg, record, device, info, resume and not fresh, progress)
     finally:
         lock.release()
         cleanup_distributed()

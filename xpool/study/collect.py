@@ -18,6 +18,7 @@ from xpool.config import RESULT_DIRECTIONS, Config, dataset_key
 from xpool.engine.embed import Embeddings
 from xpool.engine.runs import RunRecord
 from xpool.errors import XPoolError
+from xpool.exact_gemm import gemm_mode
 from xpool.io import read_json, torch_load
 from xpool.model.build import pooling_options
 from xpool.model.pooling import build_pooling
@@ -132,7 +133,7 @@ class RunOutputs:
     def scores(self, text_embed: Any) -> np.ndarray:
         """Similarity of one text embedding [D] (or [1, D]) to every test video: [V]."""
         t = torch.as_tensor(text_embed, dtype=torch.float32).reshape(1, -1)
-        with torch.no_grad():
+        with torch.no_grad(), gemm_mode(self.config.model.gemm):
             return similarity_matrix(self.head, t, self.emb.frame_embeds)[0].float().numpy()
 
     def attention(self, text_embed: Any, video_index: int) -> np.ndarray | None:
@@ -140,7 +141,7 @@ class RunOutputs:
         if self.config.model.pooling != "xpool":
             return None
         t = torch.as_tensor(text_embed, dtype=torch.float32).reshape(1, -1)
-        with torch.no_grad():
+        with torch.no_grad(), gemm_mode(self.config.model.gemm):
             _, attn = self.head(t, self.emb.frame_embeds[video_index : video_index + 1],
                                 return_attention=True)
         return attn[0, 0].numpy()
