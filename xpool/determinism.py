@@ -1,12 +1,17 @@
 """What makes the embedded study bit-identical across machines, and what records it.
 
-Two things decide the numbers beyond the code and the lock file:
+Three things decide the numbers beyond the code and the lock file:
 
 - **torch's CPU kernels.** ATen and oneDNN pick AVX-512 kernels where the CPU has them, and these
   round differently from the AVX2 ones. `XPOOL_CPU_ISA=avx2` caps both at AVX2 (applied in
   `xpool/__init__.py`, before torch loads); `native` (or unset) lets torch choose. The cap is set
   by `make reproduce`, `make figures`, `make test` and the `xpool` Jupyter kernel, never by the
   benchmarks; every run's `environment.json` records the capability torch actually used.
+- **the BLAS.** MKL and oneDNN, which do torch's float32 matrix products and convolutions on
+  the CPU, choose code paths by CPU vendor and model under any cap: an Intel Xeon and an AMD
+  EPYC gave different pretrained tiny CLIPs with the cap on. `model.gemm: exact` (the embedded
+  profiles) computes those products exactly instead, so no vendor code decides a bit
+  (`xpool.exact_gemm`).
 - **thread counts.** A reduction split over 1 or 2 threads rounds differently, so pretraining and
   feature extraction run with STUDY_THREADS threads whatever the machine has (frozen heads run
   with one, see `xpool.study.runner.HEAD_THREADS`).

@@ -34,11 +34,12 @@ backward products go through them too and no other op pays anything. Fused atten
 call BLAS from inside C++, so inside `exact_gemm()` the first runs as its plain math
 decomposition and the second is switched off. The out= forms are overridden too, except
 `baddbmm`'s, which the exact path itself uses for its float64 product; `tests/test_exact_gemm.py`
-audits every op of a pretraining step, head training and evaluation for any float32 product or
-fused kernel left to a vendor library.
+audits every op of a forward and backward pass of both tiny backbones and of every pooling head,
+and of their evaluation, for any float32 product or fused kernel left to a vendor library.
 
-Cost (`python -m bench.suite --only exact_gemm`): float64 GEMM is about 2.5x float32 on these
-CPUs, plus the rounding passes; see the README's table.
+Cost: float64 GEMM is about 2.5x float32 on these CPUs, plus the rounding passes and, for small
+products, a fixed ~150 us per call; the README ("Bit-identical results") gives what it adds to
+pretraining and to the study's head trainings.
 """
 
 from __future__ import annotations
