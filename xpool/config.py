@@ -28,11 +28,11 @@ from xpool.paths import resolve
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
-# The pooling heads, in the order tables list them (the one copy of these names).
 # How float32 matrix products run on the CPU: "native" (torch's MKL and oneDNN kernels, which
 # pick their code path by CPU vendor and model) or "exact" (computed exactly and rounded once,
 # the same bits on every x86-64 CPU; see xpool.exact_gemm).
 GEMM_MODES = ("native", "exact")
+# The pooling heads, in the order tables list them (the one copy of these names).
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
 # The two retrieval directions, their dual-softmax columns, and all four as results carry them
 # (here, not in metrics, so that reporting can name them without loading torch).
