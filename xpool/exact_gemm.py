@@ -75,18 +75,22 @@ def _bits(k: int) -> int:
 
 
 def _quantize(x: Tensor, dims: Sequence[int], bits: int) -> tuple[Tensor, Tensor]:
-    """(q, s): float64 q holding integers |q| <= 2**bits and powers of two s with x ~= q * s,
+    """(q, s): q holding integers |q| <= 2**bits and float64 powers of two s with x ~= q * s,
     one scale per slice of `x` over `dims` (the summed dimensions).
 
-    The scales come from the float32 exponent field of each slice's largest magnitude (E, so
-    top < 2**(E - 126)), written straight into float bit patterns: exact, and few ops, which is
-    what a small product costs here. E is floored at bits - 1 so that all-zero or subnormal
-    slices get a finite scale (2**127) instead of 0 * inf = NaN."""
-    top = torch.linalg.vector_norm(x, math.inf, dim=tuple(dims), keepdim=True)
+    q stays float32, which holds those integers exactly (bits <= 22 < 24): the copies and
+    patch extraction before the product then move half the bytes, and the conversion to
+    float64 at the product is exact. The scales come from the float32 exponent field of each
+    slice's largest magnitude (E, so top < 2**(E - 126)), written straight into float bit
+    patterns: exact, and few ops, which is what a small product costs here. E is floored at
+    bits - 1 so that all-zero or subnormal slices get a finite scale (2**127) instead of
+    0 * inf = NaN."""
+    # abs().amax() is the same exact maximum as vector_norm(inf), about 10x faster here.
+    top = x.abs().amax(dim=tuple(dims), keepdim=True)
     biased = (top.view(torch.int32) >> 23).clamp_(min=bits - 1)
     up = ((bits + 253 - biased) << 23).view(torch.float32)  # 2**(bits - E + 126)
     down = ((biased.to(torch.int64) + (1023 - 126 - bits)) << 52).view(F64)  # its inverse
-    return torch.mul(x, up).round_().to(F64), down
+    return torch.mul(x, up).round_(), down
 
 
 def exact_bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -101,7 +105,7 @@ def exact_bmm(a: Tensor, b: Tensor) -> Tensor:
         return out
     qa, sa = _quantize(a, (-1,), bits)
     qb, sb = _quantize(b, (-2,), bits)
-    return _f64_bmm(qa, qb).mul_(sa).mul_(sb)
+    return _f64_bmm(qa.to(F64), qb.to(F64)).mul_(sa).mul_(sb)
 
 
 def _f64_bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -192,8 +196,8 @@ def _convolution(inp: Tensor, weight: Tensor, bias: Tensor | None, stride: Seque
     # input is rounded before im2col, which only copies.
     qx, sx = _quantize(inp, (1, 2, 3), bits)
     qw, sw = _quantize(weight.reshape(o, -1), (1,), bits)
-    cols = _im2col(qx, kh, kw, stride, padding, dilation)
-    out = _f64_bmm(qw.expand(n, -1, -1), cols)
+    cols = _im2col(qx, kh, kw, stride, padding, dilation).to(F64)
+    out = _f64_bmm(qw.to(F64).expand(n, -1, -1), cols)
     out.mul_(sw).mul_(sx.view(n, 1, 1))
     if bias is not None:
         out.add_(bias.to(F64).view(1, -1, 1))
@@ -226,10 +230,13 @@ def _convolution_backward(grad: Tensor, inp: Tensor, weight: Tensor,
                              f"gemm: native")
         qg, sg = _quantize(grad, (0, 2, 3), bits)
         qx, sx = _quantize(inp, (0, 2, 3), bits)
-        cols = _im2col(qx, kh, kw, stride, padding, dilation)  # [N, C*kh*kw, L]
-        lhs = qg.reshape(n, o, -1).permute(1, 0, 2).reshape(1, o, -1)
-        rhs = cols.permute(0, 2, 1).reshape(1, -1, cols.shape[1])
-        prod = _f64_bmm(lhs, rhs).view(o, c, kh * kw).mul_(sg.view(o, 1, 1)).mul_(sx.view(1, c, 1))
+        cols = _im2col(qx, kh, kw, stride, padding, dilation).to(F64)  # [N, C*kh*kw, L]
+        # One product per sample, then the sum over samples: every partial sum of the whole
+        # N * L terms is an exact integer (bits were chosen for N * L), so splitting the sum
+        # there changes no bit and saves transposing copies of the patches.
+        lhs = qg.reshape(n, o, -1).to(F64)
+        prod = _f64_bmm(lhs, cols.transpose(1, 2)).sum(0)
+        prod = prod.view(o, c, kh * kw).mul_(sg.view(o, 1, 1)).mul_(sx.view(1, c, 1))
         grad_w = prod.to(torch.float32).view_as(weight)
     if output_mask[2]:
         grad_b = grad.sum(dim=(0, 2, 3))
