@@ -272,8 +272,8 @@ def protocol_notebook():
             "split is evaluated once (separate runs, on fewer training videos);\n"
             "- **(d)** the last checkpoint, no selection.\n\n"
             "(a), (b) and (d) are three readings of one run's evaluation log, so every run "
-            "evaluates `evals_per_epoch` times per epoch. Each rule is compared with (c) by a "
-            "paired bootstrap over the same test queries and seeds. In frozen mode the "
+            "evaluates `evals_per_epoch` times per epoch. Each rule is compared with (c), and (a) "
+            "and (b) with (d), by a paired bootstrap over the same test queries and seeds. In frozen mode the "
             "parameter-free heads are deterministic: the table counts how many seeds gave "
             "distinct outcomes.\n\n"
             "The same notebook runs unchanged under `paper-*` and `frozen-*` profiles (there "
@@ -293,9 +293,11 @@ def protocol_notebook():
                       "evals_per_epoch=evals_per_epoch, val_videos=val_videos, n_boot=n_boot)\n"
                       "display(Markdown(res.markdown))"),
         new_code_cell("display(Image(filename=str(res.figure_path)))"),
-        new_markdown_cell("Paired differences against rule (c) (R@1 and R@5, both directions), "
-                          "and every run under every rule:"),
-        new_code_cell("res.paired.round(2)"),
+        new_markdown_cell("Paired differences (R@1 and R@5, both directions): every rule "
+                          "against (c), and (a) and (b) against (d), the last checkpoint of the "
+                          "same runs, which is what choosing on the test split adds; then every "
+                          "run under every rule:"),
+        new_code_cell("display(Markdown(xp.paired_markdown(res.paired)))"),
         new_code_cell("res.runs.round(2)"),
     ])
 

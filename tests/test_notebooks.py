@@ -20,6 +20,7 @@ import pytest
 
 from xpool import reproduce as rp
 from xpool.errors import CorpusError
+from xpool.protocol import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -105,7 +106,7 @@ def test_every_notebook_executes_under_smoke(tmp_path):
     assert (proto["evaluations"] == 6).all()  # smoke: 3 frozen epochs x 2 evaluations
     _check_metrics(proto.assign(R10=100.0, MdR=1.0, MnR=1.0), max_rank=12 * 2)
     paired = pd.read_csv(tables / "protocol_paired.csv")
-    assert set(paired["rule"]) == {"test_best", "test_window", "last"}
+    assert set(zip(paired["rule"], paired["baseline"], strict=True)) == set(PAIRS)
     for fig in ("attention_weights", "top5_retrieval", "training_curves", "pooling_ablation",
                 "subregion_r1_vs_k", "protocol"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig

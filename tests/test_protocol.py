@@ -127,7 +127,9 @@ def test_paired_differences_pair_by_seed_and_caption():
     vals = [_val("xpool", 0, [1, 2, 2, 2], [1, 1, 2, 2]), _val("xpool", 1, [2, 2, 2, 2],
                                                                [1, 1, 2, 2])]
     out = xp.protocol_outcomes(logs, vals, window=5)
-    paired = xp.paired_against_val(out, n_boot=500).set_index(["rule", "direction"])
+    both = xp.paired_differences(out, n_boot=500)
+    assert set(zip(both["rule"], both["baseline"], strict=True)) == set(xp.PAIRS)
+    paired = both[both["baseline"] == "val"].set_index(["rule", "direction"])
     # (a) t2v: seed 0 keeps E2 (hits 1,1,1,0), seed 1 keeps E3 (1,1,0,0): per-query mean hits
     # 1, 1, .5, 0; (c): seed 0 (1,0,0,0), seed 1 (0,0,0,0): .5, 0, 0, 0 -> (2.5 - .5) / 4 = 50
     row = paired.loc[("test_best", "t2v")]
@@ -136,12 +138,18 @@ def test_paired_differences_pair_by_seed_and_caption():
     # (d): seed 0 keeps E2, seed 1 keeps E1 (1,0,0,0): means 1, .5, .5, 0 -> (2 - .5) / 4
     assert paired.loc[("last", "t2v"), "diff_R1"] == pytest.approx(37.5)
     assert paired.loc[("test_best", "t2v"), "n_queries"] == 4
+    # within the same runs, (a) against (d): means 1, 1, .5, 0 against 1, .5, .5, 0 -> .5 / 4
+    vs_last = both[both["baseline"] == "last"].set_index(["rule", "direction"])
+    assert vs_last.loc[("test_best", "t2v"), "diff_R1"] == pytest.approx(12.5)
+    # (b) with the default window of 5 keeps each run's best partial window: the same
+    # checkpoints as (a) here (seed 0: 25, 50 -> E2; seed 1: 50, 37.5 -> E3)
+    assert vs_last.loc[("test_window", "t2v"), "diff_R1"] == pytest.approx(12.5)
     # the same checkpoint on both sides: no difference, a degenerate interval
     same = xp.protocol_outcomes([_log("mean", 0, [E1])], [_val("mean", 0, *E1)])
-    p = xp.paired_against_val(same, n_boot=200)
+    p = xp.paired_differences(same, n_boot=200)
     assert (p[["diff_R1", "lo_R1", "hi_R1", "diff_R5"]] == 0).all().all()
     with pytest.raises(XPoolError, match="no rule \\(c\\) runs"):
-        xp.paired_against_val(xp.protocol_outcomes([_log("mean", 0, [E1])], []))
+        xp.paired_differences(xp.protocol_outcomes([_log("mean", 0, [E1])], []))
 
 
 def test_summary_counts_identical_seeds_once_and_rankings_show_ties():
@@ -159,8 +167,9 @@ def test_summary_counts_identical_seeds_once_and_rankings_show_ties():
     ranks = xp.rankings(s).set_index("rule")["ranking"]
     assert ranks["test_best"] == "X-Pool > mean"
     assert ranks["val"] == "mean = X-Pool"
-    md = xp.protocol_markdown(s, xp.paired_against_val(out, n_boot=100), "t")
+    md = xp.protocol_markdown(s, xp.paired_differences(out, n_boot=100), "t")
     assert "| mean | t2v | 3 (1) |" in md
+    assert "Δ R@1 (a) vs (d) [95% CI]" in md and "Δ R@1 (b) vs (c) [95% CI]" in md
 
 
 def test_overrides_and_descriptions():

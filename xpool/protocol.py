@@ -213,37 +213,79 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
 
 
-def paired_against_val(out: ProtocolOutcomes, n_boot: int = 10_000,
+# (rule, baseline) pairs of the paired table: every log rule against honest selection (c), and
+# the two test-split rules against the last checkpoint (d) of the same runs, which isolates what
+# choosing on the test split adds.
+PAIRS = (("test_best", "val"), ("test_window", "val"), ("last", "val"),
+         ("test_best", "last"), ("test_window", "last"))
+
+
+def _short(rule: str) -> str:
+    """"(a)" for "test_best", and so on."""
+    return RULE_LABELS[rule][:3]
+
+
+def paired_differences(out: ProtocolOutcomes, n_boot: int = 10_000,
                        ks: Sequence[int] = (1, 5)) -> pd.DataFrame:
-    """Each log rule minus rule (c), per pooling and direction, for R@k in `ks`: a paired
-    bootstrap over test queries (reporting.paired_bootstrap). The rules come from different
-    runs, so they are paired by seed (each query's hit averaged over the seeds both have) and by
-    caption (the same test queries in the same order)."""
+    """Rule minus baseline for every pair in `PAIRS`, per pooling and direction, for R@k in
+    `ks`: a paired bootstrap over test queries (reporting.paired_bootstrap). Pairs are matched
+    by seed (each query's hit averaged over the seeds both sides have) and by caption (the same
+    test queries in the same order); against (c) the two sides are different runs, against (d)
+    two checkpoints of the same run."""
     rows = []
     for pooling in sorted(out.runs["pooling"].unique(), key=reporting.pooling_sort_key):
         sub = out.runs[out.runs["pooling"] == pooling]
-        val_seeds = set(sub[sub["rule"] == BASELINE]["seed"])
-        if not val_seeds:
-            raise XPoolError(f"no rule (c) runs of {pooling}: nothing to pair against")
-        for rule in LOG_RULES:
-            seeds = sorted(val_seeds & set(sub[sub["rule"] == rule]["seed"]))
+        for rule, baseline in PAIRS:
+            base_seeds = set(sub[sub["rule"] == baseline]["seed"])
+            if not base_seeds:
+                raise XPoolError(f"no rule {_short(baseline)} runs of {pooling}: nothing "
+                                 f"to pair against")
+            seeds = sorted(base_seeds & set(sub[sub["rule"] == rule]["seed"]))
             if not seeds:
-                raise XPoolError(f"{pooling}: no seed has both rule {rule} and rule (c) runs")
+                raise XPoolError(f"{pooling}: no seed has both rule {_short(rule)} and rule "
+                                 f"{_short(baseline)} outcomes")
             for d in DIRECTIONS:
                 a = np.stack([out.ranks[(pooling, s, rule, d)] for s in seeds])
-                b = np.stack([out.ranks[(pooling, s, BASELINE, d)] for s in seeds])
+                b = np.stack([out.ranks[(pooling, s, baseline, d)] for s in seeds])
                 if a.shape != b.shape:
-                    raise XPoolError(f"{pooling} {d}: rule {rule} has {a.shape[1]} test queries, "
-                                     f"rule (c) {b.shape[1]}: not the same test split")
-                row: dict[str, Any] = {"pooling": pooling, "rule": rule, "direction": d,
-                                       "seeds": " ".join(map(str, seeds))}
+                    raise XPoolError(f"{pooling} {d}: rule {_short(rule)} has {a.shape[1]} test "
+                                     f"queries, rule {_short(baseline)} {b.shape[1]}: not the "
+                                     f"same test split")
+                row: dict[str, Any] = {"pooling": pooling, "rule": rule, "baseline": baseline,
+                                       "direction": d, "seeds": " ".join(map(str, seeds))}
                 for k in ks:
                     res = reporting.paired_bootstrap(a, b, k=k, n_boot=n_boot)
                     row.update({f"diff_R{k}": res["diff"], f"lo_R{k}": res["lo"],
                                 f"hi_R{k}": res["hi"], f"p_R{k}": res["p"]})
                 row["n_queries"] = int(a.shape[1])
                 rows.append(row)
-    return _sorted(pd.DataFrame(rows))
+    df = pd.DataFrame(rows)
+    key = [(reporting.pooling_sort_key(p), PAIRS.index((r, b)), DIRECTIONS.index(d))
+           for p, r, b, d in zip(df["pooling"], df["rule"], df["baseline"], df["direction"],
+                                 strict=True)]
+    return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
+
+
+def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
+    """`paired_differences` for a reader: strategy names, "(a) vs (d)", and each difference with
+    its 95% interval, R@1 and R@5."""
+    def cell(r: pd.Series, k: int) -> str:
+        return f"{r[f'diff_R{k}']:+.1f} [{r[f'lo_R{k}']:+.1f}, {r[f'hi_R{k}']:+.1f}]"
+    return pd.DataFrame({
+        "strategy": [reporting.POOLING_LABELS.get(p, p) for p in paired["pooling"]],
+        "comparison": [f"{_short(r)} vs {_short(b)}"
+                       for r, b in zip(paired["rule"], paired["baseline"], strict=True)],
+        "direction": paired["direction"],
+        "Δ R@1 [95% CI]": [cell(r, 1) for _, r in paired.iterrows()],
+        "Δ R@5 [95% CI]": [cell(r, 5) for _, r in paired.iterrows()],
+        "seeds": paired["seeds"],
+        "test queries": paired["n_queries"],
+    })
+
+
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """`paired_table` as the markdown table `protocol_paired.md` holds."""
+    return reporting.frame_markdown(paired_table(paired), "Paired bootstrap: rule minus baseline")
 
 
 def rankings(summary: pd.DataFrame, direction: str = "t2v", metric: str = "R1") -> pd.DataFrame:
@@ -280,11 +322,11 @@ def _deterministic(summary: pd.DataFrame) -> list[str]:
 def protocol_markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str,
                       notes: Sequence[str] = ()) -> str:
     """The protocol table: per strategy and direction, R@1 and R@5 under every rule and the
-    paired difference of each test-split rule against rule (c)."""
+    paired differences of `PAIRS` (each rule against (c), the test-split rules against (d))."""
     header = ["pooling", "direction", "seeds (distinct)"]
     for r in RULES:
         header += [f"{RULE_LABELS[r]} R@1", "R@5"]
-    header += [f"Δ R@1 {r[:3]} vs (c) [95% CI]" for r in ("(a)", "(b)", "(d)")]
+    header += [f"Δ R@1 {_short(r)} vs {_short(b)} [95% CI]" for r, b in PAIRS]
     rows = []
     for (p, d), g in summary.groupby(["pooling", "direction"], sort=False):
         g = g.set_index("rule")
@@ -297,9 +339,9 @@ def protocol_markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str,
                 continue
             cells += [reporting.fmt_mean_std(g.loc[r, f"{m}_mean"], g.loc[r, f"{m}_std"],
                                              int(g.loc[r, "n_seeds"])) for m in REPORTED]
-        for r in LOG_RULES:
+        for r, base in PAIRS:
             b = paired[(paired["pooling"] == p) & (paired["direction"] == d) &
-                       (paired["rule"] == r)]
+                       (paired["rule"] == r) & (paired["baseline"] == base)]
             cells.append("—" if b.empty else
                          f"{b['diff_R1'].iloc[0]:+.1f} [{b['lo_R1'].iloc[0]:+.1f}, "
                          f"{b['hi_R1'].iloc[0]:+.1f}]")
@@ -423,7 +465,7 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
     out.runs["mode"] = mode
     runs = out.runs[RUN_COLUMNS]
     summary = summarize(out)
-    paired = paired_against_val(out, n_boot=n_boot)
+    paired = paired_differences(out, n_boot=n_boot)
     ranks = pd.concat([rankings(summary, d) for d in DIRECTIONS], ignore_index=True)
     cfg_t = results[0].config
     cfg_v = next(r.config for r in results if r.labels["protocol_run"] == "val")
@@ -438,7 +480,7 @@ def protocol_study(study: Study, seeds: Sequence[int], poolings: Sequence[str] =
         reporting.write_table(summary, study.tables_dir, "protocol_summary",
                               reporting.frame_markdown(summary, f"{title}: summary"))
         reporting.write_table(paired, study.tables_dir, "protocol_paired",
-                              reporting.frame_markdown(paired, "Paired bootstrap against rule (c)"))
+                              paired_markdown(paired))
         fig = plot_protocol(runs, f"checkpoint protocols ({dataset_title(study)}, {mode})")
         result.figure_path = reporting.save_figure(fig, study.figures_dir / "protocol.png")
         import matplotlib.pyplot as plt
@@ -462,10 +504,11 @@ def _notes(summary: pd.DataFrame, ranks: pd.DataFrame, cfg_t: Config, cfg_v: Con
         f"(b) is the authors' rule with a window of {window} evaluations (partial windows at the "
         f"start count, ties go to the earliest). (c) is a separate run per seed chosen on "
         f"{held}; {describe_selection(cfg_v)}.",
-        f"Δ: rule minus (c) on the same test queries, paired by seed and caption (each query's hit "
-        f"averaged over the seeds), 95% paired bootstrap interval ({n_boot:,} resamples). (a) - "
-        f"(d) is what choosing on the test split adds within one run; (c) - (d) mixes honest "
-        f"selection with training on fewer videos.",
+        f"Δ: rule minus baseline on the same test queries, paired by seed and caption (each "
+        f"query's hit averaged over the seeds), 95% paired bootstrap interval ({n_boot:,} "
+        f"resamples). (a) vs (d) and (b) vs (d) compare checkpoints of the same runs: what "
+        f"choosing on the test split adds; the differences against (c) mix honest selection with "
+        f"training on fewer videos.",
         "seeds (distinct): how many seeds, and how many different per-query outcomes they gave; "
         "copies of one outcome are one piece of evidence, not several.",
     ]
