@@ -82,6 +82,34 @@ def test_cli_eval_of_a_trained_run(workdir):
     assert f"t2v R1={record.metrics()['t2v']['R1']:.2f}" in res.stdout and "v2t R1=" in res.stdout
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_sharded_cli_eval_over_two_torchrun_processes_equals_the_run(workdir, frozen):
+    """`torchrun --nproc_per_node 2 -m xpool.cli eval ... --sharded` (gloo on loopback): each rank
+    embeds (or loads) only its half of the 12 test videos, and the exact metrics equal the ones
+    the run recorded from the whole [T, V] matrix in one process."""
+    from xpool.engine.train import train
+
+    overrides = {"model.pooling": "xpool", "model.frozen": frozen,
+                 "output.run_name": f"sharded-{frozen}"}
+    record = train(smoke(**overrides), progress=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "xpool.cli", "eval", "smoke", *(f"{k}={v}" for k, v in overrides.items()),
+         "--checkpoint", str(record.best_checkpoint), "--sharded"],
+        cwd=workdir, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "sharded over 2 process(es)" in res.stdout
+    m = record.metrics()
+    for d in ("t2v", "v2t"):
+        line = next(x for x in res.stdout.splitlines() if x.startswith(f"{d} "))
+        got = dict(kv.split("=") for kv in line.split()[1:])
+        assert set(got) == set(m[d])
+        for k, v in m[d].items():
+            assert got[k] == f"{v:.2f}", (d, k)
+    assert "t2v_dsl" not in res.stdout  # DSL needs whole rows and columns: not sharded
+
+
 def test_interrupted_run_resumes_to_identical_metrics(workdir, monkeypatch):
     import xpool.engine.train as tr
 

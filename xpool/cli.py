@@ -7,6 +7,7 @@ is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -107,8 +108,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"run record: {res.record_dir}")
         print(f"table: {res.table_path} (and .md)")
         return 0
-    from xpool.engine.evaluate import evaluate_checkpoint
-    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
+    if args.sharded:
+        from xpool.engine.evaluate import evaluate_checkpoint_sharded
+        result = evaluate_checkpoint_sharded(cfg, args.checkpoint, split=args.split)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # every rank has the metrics; one prints them
+        print(f"sharded over {os.environ.get('WORLD_SIZE', '1')} process(es), raw similarities "
+              f"(no DSL)")
+    else:
+        from xpool.engine.evaluate import evaluate_checkpoint
+        result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
     for direction, metrics in result.items():
         print(direction, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     return 0
@@ -214,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a run's checkpoint (best.pt) or an authors' model_best.pth")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--sharded", action="store_true",
+                   help="split the gallery over the torchrun processes (`torchrun "
+                        "--nproc_per_node N -m xpool.cli eval ... --sharded`): exact metrics, no "
+                        "rank holds the whole score matrix; raw similarities only (no DSL)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("index", help="embed every video in a folder for `xpool search`")

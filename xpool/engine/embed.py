@@ -109,12 +109,18 @@ def frame_cache(cfg: Config, size: int) -> FrameCache | None:
 
 
 def embed_split(cfg: Config, backbone: ClipBackbone, split: str, device: torch.device,
-                progress: bool = True) -> Embeddings:
-    """Embed every video (test transform, uniform frames) and caption of `split` (float32)."""
+                progress: bool = True,
+                video_range: tuple[int, int] | None = None) -> Embeddings:
+    """Embed every video (test transform, uniform frames) and caption of `split` (float32).
+
+    video_range: (start, stop) embeds only those videos (a rank's shard of the gallery, in
+    `video_ids` order); `frame_embeds` then holds just them, while `video_ids` and
+    `video_of_text` still describe the whole split."""
     corpus = load_split(cfg, split)
     es = EvalSet(corpus)
+    start, stop = video_range or (0, len(es.video_ids))
     transform = transform_for(backbone, train=False, antialias=cfg.data.antialias)
-    clips = VideoClipDataset([corpus.videos[v] for v in es.video_ids], transform,
+    clips = VideoClipDataset([corpus.videos[v] for v in es.video_ids[start:stop]], transform,
                              cfg.data.num_frames, frame_cache=frame_cache(cfg, backbone.image_size),
                              rule=cfg.data.sampling_rule)
     frames = embed_videos(backbone, clips, cfg.eval.batch_size, device, cfg.data.num_workers,

@@ -14,12 +14,14 @@ import torch
 from xpool.config import RESULT_DIRECTIONS, Config, EvalConfig
 from xpool.data.corpora import load_corpus
 from xpool.data.datasets import EvalSet, VideoClipDataset
-from xpool.data.splits import ensure_data
+from xpool.data.splits import ensure_data, load_split
 from xpool.data.transforms import transform_for
+from xpool.engine.distributed import cleanup_distributed, init_distributed
 from xpool.engine.embed import Embeddings, embed_split, embed_texts, embed_videos
 from xpool.engine.features import feature_dim, load_features
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device
+from xpool.errors import ConfigError
 from xpool.exact_gemm import gemm_mode
 from xpool.metrics import (
     dual_softmax,
@@ -32,9 +34,10 @@ from xpool.model.backbone import build_backbone
 from xpool.model.build import build_model, load_model_state, needs_pretrained
 from xpool.model.pooling import build_pooling
 from xpool.model.retrieval import RetrievalModel
+from xpool.sharded import shard_range, sharded_retrieval_metrics
 from xpool.similarity import similarity_matrix
 
-__all__ = ["build_eval_embeddings", "evaluate_checkpoint",
+__all__ = ["build_eval_embeddings", "evaluate_checkpoint", "evaluate_checkpoint_sharded",
            "evaluate_frozen_mean_pool", "pretrained_model", "result_metrics", "score"]
 
 def score(pooling: torch.nn.Module, emb: Embeddings, cfg: EvalConfig,
@@ -101,6 +104,42 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test"
     with gemm_mode(cfg.model.gemm):
         emb = build_eval_embeddings(cfg, model, split, device, progress=progress)
         return result_metrics(score(model.pooling, emb, cfg.eval, device))
+
+
+def evaluate_checkpoint_sharded(cfg: Config, checkpoint: str | Path, split: str = "test",
+                                progress: bool = True) -> dict[str, dict[str, float]]:
+    """`evaluate_checkpoint` with the gallery split over the torchrun processes (one process
+    without torchrun): each rank embeds the captions and only its own videos (frozen mode: loads
+    the cached features and keeps its slice) and `xpool.sharded` computes the exact metrics
+    without any rank holding the [T, V] matrix. Raw similarities only: DSL re-scoring normalises
+    over whole rows and columns, which a shard does not have."""
+    if cfg.eval.v2t_convention != "captions":
+        raise ConfigError(f"sharded evaluation ranks each video among individual captions "
+                          f"(eval.v2t_convention: captions), got {cfg.eval.v2t_convention!r}; "
+                          f"evaluate without --sharded for the 'groups' convention")
+    ensure_data(cfg, progress)
+    device = pick_device()
+    info = init_distributed(device)
+    try:
+        model = pretrained_model(cfg).to(device)
+        load_model_state(model, checkpoint, cfg)
+        model.eval()
+        with gemm_mode(cfg.model.gemm), torch.no_grad():
+            if cfg.model.frozen:
+                emb = load_features(cfg, split).to(torch.float32)
+                shard = shard_range(len(emb.video_ids), info.world_size, info.rank)
+                frames = emb.frame_embeds[shard[0]:shard[1]]
+            else:
+                n = len(EvalSet(load_split(cfg, split)).video_ids)
+                shard = shard_range(n, info.world_size, info.rank)
+                emb = embed_split(cfg, model.backbone, split, device,
+                                  progress and info.is_main, video_range=shard)
+                frames = emb.frame_embeds
+            return sharded_retrieval_metrics(
+                model.pooling, emb.text_embeds.to(device), frames.to(device),
+                emb.video_of_text, shard, len(emb.video_ids), chunk_size=cfg.eval.chunk_size)
+    finally:
+        cleanup_distributed()
 
 
 @torch.no_grad()
