@@ -38,8 +38,8 @@ audits every op of a forward and backward pass of both tiny backbones and of eve
 and of their evaluation, for any float32 product or fused kernel left to a vendor library.
 
 Cost: float64 GEMM is about 2.5x float32 on these CPUs, plus the rounding passes and, for small
-products, about 0.2 ms per call (0.17-0.24 ms measured for a 32 x 128 by 128 x 128 product,
-against 0.015 ms for torch's float32 kernel); the README ("Bit-identical results") gives what it
+products, about 0.13 ms per call (0.12-0.14 ms measured for a 32 x 128 by 128 x 128 product on
+one thread, against 0.013 ms for torch's float32 kernel); the README ("Bit-identical results") gives what it
 adds to pretraining and to the study's head trainings.
 """
 

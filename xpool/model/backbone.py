@@ -5,7 +5,7 @@ Importing this module registers the project's tiny open_clip configs (``xpool/mo
 - ``xpool-tiny``: open_clip's ModifiedResNet image tower (64 px, one bottleneck block per stage,
   stem width 16, attention pooling) and a 2-layer text transformer (width 128, 4 heads, 32 tokens,
   CLIP's 49,408-token BPE vocabulary), embed_dim 128. Pretrains contrastively on 2 CPU cores in
-  80 s (7.5 minutes with the embedded profile's exact GEMM). A ViT tower of the same cost did not
+  80 s (6.5 minutes with the embedded profile's exact GEMM). A ViT tower of the same cost did not
   learn shape and motion within that budget; the convolutional stem did. The tower has BatchNorm, which in
   training normalises over all frames of the batch.
 - ``xpool-smoke``: a ViT tower at 32 px (patch 8, width 64, 2 layers), embed_dim 64, for tests.
