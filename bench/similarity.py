@@ -164,7 +164,7 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
     products [n, F, D] x [n, D, F]; per text chunk [Tc, D] x [D, 2D + 16] (queries, text . basis
     maps, per-text vectors); per (text tile, video tile) two [Vt F, D] x [D, Tt] (attention
     logits, text . basis dots) and the forms' batched product [Vt, 3F + 4, F] x [Vt, F, Tt].
-    This runs exactly those shapes, in the fast path's chunks and tiles (``_xpool_plan``), into
+    This runs exactly those shapes, in the fast path's chunks and tiles (``xpool_plan``), into
     reused output buffers where the fast path reuses them, and nothing else: no softmax, no
     elementwise work. Products of D^2 multiply-adds or fewer (matrix-vector) are left out.
 
@@ -174,11 +174,12 @@ def gemm_floor(head: Any, t: Any, e: Any, dense_only: bool = False) -> Any:
     """
     import torch
 
-    from xpool.similarity import _BASIS_ROWS, DEFAULT_MEMORY_BUDGET, _xpool_plan
+    from xpool.similarity import DEFAULT_MEMORY_BUDGET
+    from xpool.similarity.factored import _BASIS_ROWS, xpool_plan
 
     num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
     kb, forms = num_frames, 3 * num_frames + 4  # Gram matrices, linear forms, a row of ones
-    chunk, tile_t, tile_v = _xpool_plan(num_texts, num_videos, kb, forms - 1, None,
+    chunk, tile_t, tile_v = xpool_plan(num_texts, num_videos, kb, forms - 1, None,
                                         DEFAULT_MEMORY_BUDGET)
     frames = e.reshape(num_videos * num_frames, dim)
     w = torch.randn(dim, 2 * dim + 3 + (-(2 * dim + 3) % 16), device=e.device) / dim**0.5

@@ -47,7 +47,7 @@ VIOLATIONS = {
         _LOCAL.format(target="xpool.engine.train")
     ),
     "similarity-imports-evaluate": (
-        "lower-layers-stay-clean", "xpool/similarity.py",
+        "lower-layers-stay-clean", "xpool/similarity/base.py",
         _LOCAL.format(target="xpool.engine.evaluate")
     ),
     "reporting-imports-model": (
@@ -77,6 +77,14 @@ VIOLATIONS = {
     "reporting-names-imports-tables": (
         "reporting-layers", "xpool/reporting/names.py",
         _LOCAL.format(target="xpool.reporting.tables"),
+    ),
+    "similarity-base-imports-matrix": (
+        "similarity-layers", "xpool/similarity/base.py",
+        _LOCAL.format(target="xpool.similarity.matrix"),
+    ),
+    "factored-imports-weighting": (
+        "similarity-layers", "xpool/similarity/factored.py",
+        _LOCAL.format(target="xpool.similarity.weighting"),
     ),
     "train-imports-bench": (
         "package-without-bench", "xpool/engine/train.py", _LOCAL.format(target="bench.similarity")

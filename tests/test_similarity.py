@@ -159,14 +159,14 @@ XPOOL_VARIANTS = [
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles of 4 texts and a few videos, basis GEMM blocks of 2 videos: every boundary is hit."""
-    import xpool.similarity as sim
+    from xpool.similarity import base, factored
 
-    monkeypatch.setattr(sim, "_TILE_TEXTS", 4)
-    monkeypatch.setattr(sim, "_TILE_BYTES", 1)  # as few pairs per tile as the GEMM rule allows
-    monkeypatch.setattr(sim, "_MIN_GEMM_ROWS", 20)
-    monkeypatch.setattr(sim, "_BASIS_ROWS", 14)
-    monkeypatch.setattr(sim, "_STATS_BYTES", 1)  # the per-pair steps once per video tile
-    return sim
+    monkeypatch.setattr(factored, "_TILE_TEXTS", 4)
+    monkeypatch.setattr(factored, "_TILE_BYTES", 1)  # as few pairs per tile as the GEMM rule allows
+    monkeypatch.setattr(base, "MIN_GEMM_ROWS", 20)
+    monkeypatch.setattr(factored, "_BASIS_ROWS", 14)
+    monkeypatch.setattr(factored, "_STATS_BYTES", 1)  # the per-pair steps once per video tile
+    return factored
 
 
 @pytest.mark.parametrize("options", XPOOL_VARIANTS)
@@ -179,8 +179,8 @@ def test_xpool_tiles_match_plain(small_tiles, options, shape):
     head = build_pooling("xpool", D, **options)
     random_weights(head, seed=11)
     t, e = _inputs(num_texts, num_videos, num_frames, seed=4)
-    plan = small_tiles._xpool_plan(num_texts, num_videos, num_frames * head.num_heads, 40, None,
-                                   small_tiles.DEFAULT_MEMORY_BUDGET)
+    plan = small_tiles.xpool_plan(num_texts, num_videos, num_frames * head.num_heads, 40, None,
+                                  small_tiles.base.DEFAULT_MEMORY_BUDGET)
     assert plan[1] <= 4 and plan[2] <= max(1, -(-20 // num_frames))
     fast = similarity_matrix(head, t, e, chunk_size=9)
     plain = plain_similarity_matrix(head, t, e)

@@ -1,231 +1,26 @@
-"""Exact text-video similarity for evaluation, in bounded memory.
-
-Derivation and memory budget: docs/architecture.md, "Fast exact similarity".
-
-``similarity_matrix(pooling, text_embeds [T, D], frame_embeds [V, F, D]) -> [T, V]`` returns the
-cosine between each raw text embedding and the video embedding the head pools for it: the same
-numbers as ``plain_similarity_matrix`` (pool with the head's forward, L2-normalize, dot) up to
-float rounding, but without ever forming the [V, T, D] pooled tensor.
-
-Both functions evaluate the head in eval mode (dropout off), under ``torch.no_grad``, and restore
-the head's train/eval state afterwards. Computation is float32 on the head's device.
-
-X-Pool (factored computation). With attention weights a_k of a (text, video) pair (k runs over
-heads x frames; each head's weights sum to 1), the head's output is an affine function of a
-handful of per-frame vectors with pair-specific scalar coefficients:
-
-- u_k = out_proj restricted to head h applied to v_f, plus out_proj's bias / H, so that
-  o = sum_k a_k u_k (the bias is spread over the heads because each head's a sums to 1).
-- layer_norm2: with centred u~_k, o - mean(o) = sum_k a_k u~_k and var(o) = a^T G a / D with
-  G = U~ U~^T (a per-video Gram matrix). With c = a / sigma2, y = sum_k c_k (g2 * u~_k) + b2.
-- residual FC (eval: dropout is the identity): z = y + W y + b = sum_k c_k Z_k + z0 with
-  Z_k = (I + W)(g2 * u~_k), z0 = (I + W) b2 + b.
-- layer_norm3 and the cosine: mean/variance of z, t . out and |out|^2 are linear or quadratic
-  forms in c with per-video Gram matrices and vectors, computed once per video.
-
-Per pair that leaves O(K^2) work; per text chunk the heavy parts are two GEMMs of the texts
-against all V*K per-frame vectors (attention logits and text . basis), both [V*K, D] x [D, Tc].
-For one head the key projection is folded into the query (q . (W_k e + b_k) = (W_k^T q) . e + a
-per-text constant that the softmax ignores), so keys are the layer-normed frames themselves,
-and the text . basis dots come through the keys too (the basis is affine in them).
-``residual=False`` (no residual FC) is the same computation with the layer_norm3 step left out.
-
-Work is chunked over texts (chunks sized from ``memory_budget``, default 512 MB: what
-``similarity_chunks`` yields) and, inside a chunk, tiled over (texts, videos) in tiles of a few
-MB whose buffers are reused, so the half-dozen passes over a tile's [Vt, K, Tt] temporaries run
-in cache (``_xpool_plan``). Peak memory is the per-frame vectors (O(V * F * D)), one tile's
-temporaries and the [T, V] output: never O(T * V * D).
-
-Precision: float32 throughout; on random and CLIP-like inputs the fast and plain results differ
-by ~1e-7 (tests hold them within 1e-5 with identical ranks). The variances come from quadratic
-forms (a^T G a) rather than from the pooled vector itself, so a pair whose pooled vector nearly
-cancels (|o| much smaller than its frames' |u|, which needs frames pointing in opposite
-directions) loses relative precision faster than the plain path would.
-
-``topk`` and ``attention`` are handled the same way: per (text, video) the pooled vector is a
-combination of normalized frames, so its norm is a quadratic form with the per-video frame Gram
-matrix; the text . frame cosines come from one GEMM per tile. Text-agnostic heads (``mean``,
-``self_attention``) pool once per video and need one matrix product.
-"""
+"""X-Pool's exact similarities by the factored computation (the derivation: `xpool.similarity`'s
+docstring and docs/architecture.md, "Fast exact similarity"): per-video factors once, then per
+(text, video) pair O(K^2) work in cache-sized tiles."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from xpool.errors import XPoolError
-from xpool.model.pooling import AttentionPooling, TopKPooling, XPool
+from xpool.model.pooling import XPool
+from xpool.similarity import base
+from xpool.similarity.base import NORM_EPS
 
-__all__ = [
-    "DEFAULT_MEMORY_BUDGET",
-    "GalleryScorer",
-    "plain_similarity_matrix",
-    "similarity_chunks",
-    "similarity_matrix",
-]
-
-# Default bound on the per-chunk temporaries (bytes); the inputs and the [T, V] output come on top.
-DEFAULT_MEMORY_BUDGET = 512 * 1024**2
-
-_NORM_EPS = 1e-12  # F.normalize's default eps: the plain path divides by max(norm, eps)
-# A GEMM with very few rows runs far below peak: video blocks have at least this many rows.
-_MIN_GEMM_ROWS = 256
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
-def _check(pooling: nn.Module, text_embeds: Tensor, frame_embeds: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(pooling, nn.Module) or not hasattr(pooling, "text_conditioned"):
-        raise XPoolError(
-            f"pooling must be a head from xpool.model.pooling.build_pooling, got {type(pooling)}"
-        )
-    if text_embeds.dim() != 2:
-        raise XPoolError(f"text_embeds must be [T, D], got shape {tuple(text_embeds.shape)}")
-    if frame_embeds.dim() != 3:
-        raise XPoolError(f"frame_embeds must be [V, F, D], got shape {tuple(frame_embeds.shape)}")
-    if text_embeds.shape[1] != frame_embeds.shape[2]:
-        raise XPoolError(
-            f"embedding sizes differ: text {text_embeds.shape[1]}, frames {frame_embeds.shape[2]}"
-        )
-    param = next(iter(pooling.parameters()), None)
-    device = param.device if param is not None else text_embeds.device
-    return (
-        text_embeds.detach().to(device=device, dtype=torch.float32),
-        frame_embeds.detach().to(device=device, dtype=torch.float32),
-    )
-
-
-def _check_chunk(chunk_size: int | None) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise XPoolError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-
-
-def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, chunk_size: int | None = None,
-                   video_chunk: int = 1024) -> Tensor:
-    """Pool each video once (in video chunks, to bound the head's own temporaries), then one
-    matmul per chunk of ``chunk_size`` texts (all texts when None).
-
-    Per chunk, not one product sliced afterwards: a BLAS may block a [T, D] x [D, V] product
-    differently for another T, so rows computed in chunks need not equal the rows of one
-    product to the last bit (measured on an AMD EPYC), and ``similarity_chunks`` promises the
-    numbers of ``similarity_matrix`` with the same ``chunk_size``."""
-    if e.shape[0] == 0 or t.shape[0] == 0:
-        return t.new_zeros(t.shape[0], e.shape[0])
-    # The head ignores the text; one dummy row keeps the call signature.
-    probe = t[:1]
-    pooled = torch.cat(
-        [pooling(probe, e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
-    )
-    t_hat, pooled = F.normalize(t, dim=-1), F.normalize(pooled, dim=-1)
-    if chunk_size is None or chunk_size >= t.shape[0]:
-        return t_hat @ pooled.T
-    return torch.cat([t_hat[i : i + chunk_size] @ pooled.T for i in range(0, len(t), chunk_size)])
-
-
-def plain_similarity_matrix(
-    pooling: nn.Module,
-    text_embeds: Tensor,
-    frame_embeds: Tensor,
-    chunk_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Tensor:
-    """Reference computation: the head's forward over text chunks, L2-normalize, dot. [T, V].
-
-    For text-conditioned heads each chunk forms the [V, chunk, D] pooled tensor; ``chunk_size``
-    defaults to what fits ``memory_budget`` bytes (about six such tensors alive at a time).
-    """
-    _check_chunk(chunk_size)
-    t, e = _check(pooling, text_embeds, frame_embeds)
-    num_texts, num_videos = t.shape[0], e.shape[0]
-    with _eval_mode(pooling):
-        if not pooling.text_conditioned:
-            return _text_agnostic(pooling, t, e, chunk_size)
-        if chunk_size is None:
-            per_text = 6 * num_videos * t.shape[1] * 4
-            chunk_size = max(1, memory_budget // max(per_text, 1))
-        out = torch.empty(num_texts, num_videos, dtype=torch.float32, device=t.device)
-        for start in range(0, num_texts, chunk_size):
-            tc = t[start : start + chunk_size]
-            pooled = F.normalize(pooling(tc, e), dim=-1)  # [V, Tc, D]
-            out[start : start + chunk_size] = torch.einsum(
-                "vtd,td->tv", pooled, F.normalize(tc, dim=-1)
-            )
-        return out
-
-
-def similarity_matrix(
-    pooling: nn.Module,
-    text_embeds: Tensor,
-    frame_embeds: Tensor,
-    chunk_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Tensor:
-    """Exact cosine similarities [T, V] between texts and the videos pooled for them.
-
-    Args:
-        pooling: a head from ``build_pooling`` (evaluated in eval mode: dropout off).
-        text_embeds: [T, D] raw text embeddings.
-        frame_embeds: [V, F, D] raw frame embeddings.
-        chunk_size: texts per chunk; ``None`` picks it from ``memory_budget``.
-        memory_budget: bound in bytes on the per-chunk temporaries when ``chunk_size`` is None.
-
-    Returns:
-        float32 [T, V] on the head's device. X-Pool, top-k and attention heads use the factored
-        computations described in this module's docstring; any other text-conditioned module
-        falls back to ``plain_similarity_matrix``.
-    """
-    _check_chunk(chunk_size)
-    t, e = _check(pooling, text_embeds, frame_embeds)
-    with _eval_mode(pooling):
-        if not pooling.text_conditioned:
-            return _text_agnostic(pooling, t, e, chunk_size)
-        if isinstance(pooling, XPool):
-            return _xpool_similarity(pooling, t, e, chunk_size, memory_budget)
-        if isinstance(pooling, TopKPooling | AttentionPooling):
-            return _frame_weighting_similarity(pooling, t, e, chunk_size, memory_budget)
-    return plain_similarity_matrix(pooling, t, e, chunk_size, memory_budget)
-
-
-def _tiles(
-    num_texts: int,
-    num_videos: int,
-    basis: int,
-    per_pair_floats: int,
-    chunk_size: int | None,
-    memory_budget: int,
-) -> tuple[int, int]:
-    """Pick (texts per chunk, videos per block) so a tile's temporaries fit ``memory_budget``.
-
-    Tiles are as large as the budget allows (the top-k and attention heads; X-Pool uses this for
-    its chunks only, see ``_xpool_plan``): every tile costs a few tensor operations, and on a
-    busy machine each parallel operation can stall for a scheduler time slice.
-    """
-    pairs = max(1, memory_budget // (4 * max(1, per_pair_floats)))
-    if chunk_size is None:
-        chunk_size = max(64, pairs // max(1, num_videos))
-    chunk_size = max(1, min(chunk_size, max(num_texts, 1)))
-    video_block = max(1, min(num_videos, pairs // chunk_size))
-    video_block = max(video_block, min(num_videos, -(-_MIN_GEMM_ROWS // max(1, basis))))
-    return chunk_size, video_block
+__all__ = ["XPoolFactors", "xpool_chunks", "xpool_plan", "xpool_similarity"]
 
 
 class _Texts(NamedTuple):
-    """Per-chunk text quantities of the X-Pool path (``_XPoolFactors.texts``)."""
+    """Per-chunk text quantities of the X-Pool path (``XPoolFactors.texts``)."""
 
     q: Tensor  # one head: [Tc, D] folded queries; several heads: [H, hd, Tc]
     tp: Tensor | None  # one head: [Tc, D] the texts through the basis map (P t^), else None
@@ -254,7 +49,7 @@ _STATS_BYTES = 16 * 2**20
 _BASIS_ROWS = 1024
 
 
-def _xpool_plan(num_texts: int, num_videos: int, basis: int, num_forms: int,
+def xpool_plan(num_texts: int, num_videos: int, basis: int, num_forms: int,
                 chunk_size: int | None, memory_budget: int) -> tuple[int, int, int]:
     """(texts per chunk, texts per tile, videos per tile) of the X-Pool path.
 
@@ -262,12 +57,12 @@ def _xpool_plan(num_texts: int, num_videos: int, basis: int, num_forms: int,
     heads; inside a chunk, tiles of ``_TILE_TEXTS`` texts and as many videos as keep the tile's
     temporaries (about 3K + M + 8 floats per pair) within ``_TILE_BYTES`` and ``memory_budget``.
     """
-    chunk, _ = _tiles(num_texts, num_videos, basis, basis * (num_forms // basis + 6) + 8,
+    chunk, _ = base.tiles(num_texts, num_videos, basis, basis * (num_forms // basis + 6) + 8,
                       chunk_size, memory_budget)
     tile_texts = min(chunk, _TILE_TEXTS)
     per_pair = 4 * (3 * basis + num_forms + 8)
     pairs = max(1, min(_TILE_BYTES, memory_budget) // per_pair)
-    tile_videos = max(pairs // tile_texts, -(-_MIN_GEMM_ROWS // max(1, basis)))
+    tile_videos = max(pairs // tile_texts, -(-base.MIN_GEMM_ROWS // max(1, basis)))
     return chunk, tile_texts, _even(num_videos, tile_videos)
 
 
@@ -288,7 +83,7 @@ def _gram(x: Tensor) -> Tensor:
     return torch.bmm(x, x.transpose(1, 2))
 
 
-class _XPoolFactors:
+class XPoolFactors:
     """Per-video quantities of the factored X-Pool similarity (computed once per call).
 
     ``forms`` [V, M + 1, K] stacks, per video, the Gram matrices of the quadratic forms (G / D,
@@ -411,7 +206,7 @@ class _XPoolFactors:
     def texts(self, t: Tensor, buf: Tensor | None = None) -> _Texts:
         """Per-chunk text quantities (see ``_Texts``); one head: in ``buf`` when given (flat,
         at least Tc x ``text_weight.shape[1]`` floats), so chunks do not fault in fresh pages."""
-        inv_norm = 1.0 / t.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        inv_norm = 1.0 / t.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
         n, dim = t.shape[0], self.dim
         if self.merged:
             width = self.text_weight.shape[1]
@@ -496,7 +291,7 @@ class _XPoolFactors:
             sq = torch.addcmul(torch.mul(lin[2], r2).add_(self.out0_b3), sq, inv3)
             sq = sq.mul_(inv3).add_(self.b3_sq)
         # max(|out|, eps) as the plain path's F.normalize: sqrt(max(|out|^2, eps^2)).
-        inv = sq.clamp_min_(_NORM_EPS * _NORM_EPS).rsqrt_()
+        inv = sq.clamp_min_(NORM_EPS * NORM_EPS).rsqrt_()
         return torch.mul(num, inv, out=out) if out is not None else num.mul_(inv)
 
     def pairs(self, texts: _Texts, text_idx: Tensor, video_idx: Tensor) -> Tensor:
@@ -526,14 +321,14 @@ class _XPoolFactors:
         return self._finish(dot, quad.unbind(1), lin, None, texts.vecs[:, text_idx])
 
 
-def _xpool_chunks(
+def xpool_chunks(
     head: XPool, t: Tensor, e: Tensor, chunk_size: int | None, memory_budget: int,
     out: Tensor | None = None,
 ) -> Iterator[tuple[int, Tensor]]:
     """(first text, [Tc, V] cosines) per chunk; written into rows of ``out`` when given."""
     num_texts, num_videos = t.shape[0], e.shape[0]
-    factors = _XPoolFactors(head, e)
-    chunk, tile_texts, tile_videos = _xpool_plan(
+    factors = XPoolFactors(head, e)
+    chunk, tile_texts, tile_videos = xpool_plan(
         num_texts, num_videos, factors.basis, factors.forms.shape[1] - 1, chunk_size, memory_budget
     )
     bufs = factors.buffers(tile_texts, tile_videos)
@@ -559,140 +354,10 @@ def _xpool_chunks(
         yield s0, block
 
 
-def _xpool_similarity(
+def xpool_similarity(
     head: XPool, t: Tensor, e: Tensor, chunk_size: int | None, memory_budget: int
 ) -> Tensor:
     out = t.new_empty(t.shape[0], e.shape[0])
-    for _ in _xpool_chunks(head, t, e, chunk_size, memory_budget, out):
+    for _ in xpool_chunks(head, t, e, chunk_size, memory_budget, out):
         pass
     return out
-
-
-def similarity_chunks(
-    pooling: nn.Module,
-    text_embeds: Tensor,
-    frame_embeds: Tensor,
-    chunk_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Iterator[tuple[int, Tensor]]:
-    """``similarity_matrix`` one text chunk at a time: yields (first text index, [Tc, V]).
-
-    The same numbers as ``similarity_matrix`` with the same ``chunk_size``, but only one chunk's
-    rows are alive at a time, so a caller that reduces each chunk (ranks, top-k) never holds
-    [T, V]. The per-video factors are computed once for all chunks. ``chunk_size=None`` picks
-    the chunk from ``memory_budget`` (X-Pool) or yields all texts at once (other heads).
-    """
-    _check_chunk(chunk_size)
-    t, e = _check(pooling, text_embeds, frame_embeds)
-    if isinstance(pooling, XPool):
-        with _eval_mode(pooling):
-            # The generator is consumed inside the context, so the head stays in eval mode.
-            yield from _xpool_chunks(pooling, t, e, chunk_size, memory_budget)
-        return
-    step = chunk_size or max(1, t.shape[0])
-    for s0 in range(0, t.shape[0], step):
-        yield s0, similarity_matrix(pooling, t[s0 : s0 + step], e, None, memory_budget)
-
-
-def _frame_weighting_similarity(
-    head: TopKPooling | AttentionPooling,
-    t: Tensor,
-    e: Tensor,
-    chunk_size: int | None,
-    memory_budget: int,
-) -> Tensor:
-    """topk / attention: cosine from frame cosines and the per-video Gram of normalized frames."""
-    num_texts, (num_videos, num_frames, dim) = t.shape[0], e.shape
-    t_hat = F.normalize(t, dim=-1)
-    e_hat = F.normalize(e, dim=-1)
-    gram = e_hat @ e_hat.transpose(1, 2)  # [V, F, F]
-    frames = e_hat.reshape(num_videos * num_frames, dim)
-    is_topk = isinstance(head, TopKPooling)
-    k = min(head.k, num_frames) if is_topk else num_frames
-    chunk, block = _tiles(
-        num_texts,
-        num_videos,
-        num_frames,
-        4 * num_frames + k * k,
-        chunk_size,
-        memory_budget,
-    )
-    gram_flat = gram.reshape(num_videos, num_frames * num_frames)
-    out = torch.empty(num_texts, num_videos, dtype=torch.float32, device=t.device)
-    for s0 in range(0, num_texts, chunk):
-        tc = t_hat[s0 : s0 + chunk]
-        n = tc.shape[0]
-        for v0 in range(0, num_videos, block):
-            v1 = min(v0 + block, num_videos)
-            nv = v1 - v0
-            cos = (frames[v0 * num_frames : v1 * num_frames] @ tc.T).view(nv, num_frames, n)
-            if is_topk:
-                values, idx = cos.topk(k, dim=1)  # [Vb, k, Tc]
-                num = values.sum(dim=1) / k
-                pair_idx = (idx.unsqueeze(2) * num_frames + idx.unsqueeze(1)).view(nv, -1)
-                sq = torch.gather(gram_flat[v0:v1], 1, pair_idx).view(nv, k * k, n).sum(1)
-                norm = (sq.clamp_min(0.0).sqrt() / k).clamp_min(_NORM_EPS)
-            else:
-                w = torch.softmax(cos / head.temperature, dim=1)
-                num = (w * cos).sum(dim=1)
-                sq = (torch.bmm(gram[v0:v1], w) * w).sum(dim=1)
-                norm = sq.clamp_min(0.0).sqrt().clamp_min(_NORM_EPS)
-            out[s0 : s0 + n, v0:v1] = (num / norm).T
-    return out
-
-
-class GalleryScorer:
-    """Exact scores of chosen (text, video) pairs against a fixed gallery: a shortlist's rerank.
-
-    The per-video factors of the fast path (O(V F D^2), the costly part) are computed once here;
-    each ``score`` call then costs O(F D) per pair, so reranking K candidates per query is
-    O(T K F D) however large the gallery. The scores are the cosines ``similarity_matrix`` gives
-    for the same pairs (equal up to float rounding: the products have other shapes).
-    X-Pool uses the factored pair computation, text-agnostic heads pool each video once, and
-    other heads score each query's candidates with ``similarity_matrix``.
-    """
-
-    def __init__(self, pooling: nn.Module, frame_embeds: Tensor,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        _, e = _check(pooling, frame_embeds.new_zeros(1, frame_embeds.shape[-1]), frame_embeds)
-        self.pooling, self.frames, self.memory_budget = pooling, e, memory_budget
-        self.num_videos = e.shape[0]
-        self._factors: _XPoolFactors | None = None
-        self._pooled: Tensor | None = None
-        with _eval_mode(pooling):
-            if isinstance(pooling, XPool):
-                self._factors = _XPoolFactors(pooling, e)
-            elif not pooling.text_conditioned:
-                pooled = torch.cat([pooling(e[:1, 0], e[i : i + 1024]) for i in range(0, len(e), 1024)])
-                self._pooled = F.normalize(pooled, dim=-1)
-
-    def score(self, text_embeds: Tensor, candidates: Tensor) -> Tensor:
-        """[T, K] cosines of text i with video ``candidates[i, k]`` (-inf where the index is -1)."""
-        t, _ = _check(self.pooling, text_embeds, self.frames[:0])
-        cand = torch.as_tensor(candidates, dtype=torch.long, device=t.device)
-        if cand.dim() != 2 or cand.shape[0] != t.shape[0]:
-            raise XPoolError(f"candidates must be [T, K] with T = {t.shape[0]}, got {tuple(cand.shape)}")
-        if cand.numel() and (int(cand.max()) >= self.num_videos or int(cand.min()) < -1):
-            raise XPoolError(f"candidates hold indices outside [0, {self.num_videos}) (-1 = none)")
-        valid = cand >= 0
-        idx = cand.clamp_min(0)
-        num_texts, k = cand.shape
-        out = torch.empty(num_texts, k, dtype=torch.float32, device=t.device)
-        with _eval_mode(self.pooling):
-            if self._factors is not None:
-                f = self._factors
-                # Gathered per-pair keys and bases dominate: about 3 x F x D floats per pair.
-                per_text = max(1, 3 * f.basis * f.dim * 4 * k)
-                step = max(1, self.memory_budget // per_text)
-                for s0 in range(0, num_texts, step):
-                    tc = t[s0 : s0 + step]
-                    texts = f.texts(tc)
-                    rows = torch.arange(tc.shape[0], device=t.device).repeat_interleave(k)
-                    flat = f.pairs(texts, rows, idx[s0 : s0 + step].reshape(-1))
-                    out[s0 : s0 + step] = flat.view(tc.shape[0], k)
-            elif self._pooled is not None:
-                out = torch.einsum("td,tkd->tk", F.normalize(t, dim=-1), self._pooled[idx])
-            else:
-                for i in range(num_texts):
-                    out[i] = similarity_matrix(self.pooling, t[i : i + 1], self.frames[idx[i]])[0]
-        return out.masked_fill(~valid, -torch.inf)
