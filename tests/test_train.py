@@ -89,7 +89,8 @@ def test_sharded_cli_eval_over_two_torchrun_processes_equals_the_run(workdir, fr
     the run recorded from the whole [T, V] matrix in one process."""
     from xpool.engine.train import train
 
-    overrides = {"model.pooling": "xpool", "model.frozen": frozen,
+    # 3 frames: a feature cache of its own, which the feature-extraction test below must not find
+    overrides = {"model.pooling": "xpool", "model.frozen": frozen, "data.num_frames": 3,
                  "output.run_name": f"sharded-{frozen}"}
     record = train(smoke(**overrides), progress=False)
     res = subprocess.run(
