@@ -39,13 +39,17 @@ from xpool.study import NATIVE_VAL, Study, dataset_title, describe_selection
 RULES = ("test_best", "test_window", "val", "last")
 # The rules read from a test-selected run's own evaluation log.
 LOG_RULES = ("test_best", "test_window", "last")
-BASELINE = "val"
 RULE_LABELS = {
     "test_best": "(a) test, best evaluation",
     "test_window": "(b) test, best window (authors')",
     "val": "(c) validation split, test once",
     "last": "(d) last checkpoint",
 }
+# (rule, baseline) pairs of the paired table: every log rule against honest selection (c), and
+# the two test-split rules against the last checkpoint (d) of the same runs, which isolates what
+# choosing on the test split adds.
+PAIRS = (("test_best", "val"), ("test_window", "val"), ("last", "val"),
+         ("test_best", "last"), ("test_window", "last"))
 REPORTED = ("R1", "R5")
 # The score every rule selects on (the authors' default `metric: t2v`, R@1).
 SELECT_ON = ("t2v", "R1")
@@ -208,16 +212,15 @@ def summarize(out: ProtocolOutcomes) -> pd.DataFrame:
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    key = [(reporting.pooling_sort_key(p), RULES.index(r), DIRECTIONS.index(d))
-           for p, r, d in zip(df["pooling"], df["rule"], df["direction"], strict=True)]
+    """Rows by pooling, then rule (or, in a paired table, the pair's place in `PAIRS`), then
+    direction."""
+    if "baseline" in df:
+        order = [PAIRS.index(pair) for pair in zip(df["rule"], df["baseline"], strict=True)]
+    else:
+        order = [RULES.index(r) for r in df["rule"]]
+    key = [(reporting.pooling_sort_key(p), o, DIRECTIONS.index(d))
+           for p, o, d in zip(df["pooling"], order, df["direction"], strict=True)]
     return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
-
-
-# (rule, baseline) pairs of the paired table: every log rule against honest selection (c), and
-# the two test-split rules against the last checkpoint (d) of the same runs, which isolates what
-# choosing on the test split adds.
-PAIRS = (("test_best", "val"), ("test_window", "val"), ("last", "val"),
-         ("test_best", "last"), ("test_window", "last"))
 
 
 def _short(rule: str) -> str:
@@ -259,11 +262,7 @@ def paired_differences(out: ProtocolOutcomes, n_boot: int = 10_000,
                                 f"hi_R{k}": res["hi"], f"p_R{k}": res["p"]})
                 row["n_queries"] = int(a.shape[1])
                 rows.append(row)
-    df = pd.DataFrame(rows)
-    key = [(reporting.pooling_sort_key(p), PAIRS.index((r, b)), DIRECTIONS.index(d))
-           for p, r, b, d in zip(df["pooling"], df["rule"], df["baseline"], df["direction"],
-                                 strict=True)]
-    return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
+    return _sorted(pd.DataFrame(rows))
 
 
 def paired_table(paired: pd.DataFrame) -> pd.DataFrame:

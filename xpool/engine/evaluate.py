@@ -21,7 +21,7 @@ from xpool.engine.embed import Embeddings, embed_split, embed_texts, embed_video
 from xpool.engine.features import feature_dim, load_features
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device
-from xpool.errors import ConfigError
+from xpool.errors import ConfigError, XPoolError
 from xpool.exact_gemm import gemm_mode
 from xpool.metrics import (
     dual_softmax,
@@ -77,12 +77,19 @@ def result_metrics(result: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def build_eval_embeddings(cfg: Config, model: RetrievalModel, split: str, device: torch.device,
-                          progress: bool = True) -> Embeddings:
-    """Embed every video and caption of `split` (from the feature cache in frozen mode); float32."""
+                          progress: bool = True,
+                          video_range: tuple[int, int] | None = None) -> Embeddings:
+    """Embed every video and caption of `split` (from the feature cache in frozen mode); float32.
+
+    video_range: (start, stop) keeps only those videos' frames (`embed_split`'s argument; the
+    cached features are sliced)."""
     if cfg.model.frozen:
-        return load_features(cfg, split).to(torch.float32)
+        emb = load_features(cfg, split).to(torch.float32)
+        if video_range is not None:
+            emb.frame_embeds = emb.frame_embeds[video_range[0]:video_range[1]]
+        return emb
     model.eval()
-    return embed_split(cfg, model.backbone, split, device, progress)
+    return embed_split(cfg, model.backbone, split, device, progress, video_range)
 
 
 def pretrained_model(cfg: Config) -> RetrievalModel:
@@ -124,20 +131,17 @@ def evaluate_checkpoint_sharded(cfg: Config, checkpoint: str | Path, split: str 
         model = pretrained_model(cfg).to(device)
         load_model_state(model, checkpoint, cfg)
         model.eval()
+        num_videos = len(EvalSet(load_split(cfg, split)).video_ids)
+        shard = shard_range(num_videos, info.world_size, info.rank)
         with gemm_mode(cfg.model.gemm), torch.no_grad():
-            if cfg.model.frozen:
-                emb = load_features(cfg, split).to(torch.float32)
-                shard = shard_range(len(emb.video_ids), info.world_size, info.rank)
-                frames = emb.frame_embeds[shard[0]:shard[1]]
-            else:
-                n = len(EvalSet(load_split(cfg, split)).video_ids)
-                shard = shard_range(n, info.world_size, info.rank)
-                emb = embed_split(cfg, model.backbone, split, device,
-                                  progress and info.is_main, video_range=shard)
-                frames = emb.frame_embeds
+            emb = build_eval_embeddings(cfg, model, split, device, progress and info.is_main,
+                                        video_range=shard)
+            if len(emb.video_ids) != num_videos:
+                raise XPoolError(f"the {split} features hold {len(emb.video_ids)} videos, the "
+                                 f"split {num_videos}: re-extract them (xpool extract-features)")
             return sharded_retrieval_metrics(
-                model.pooling, emb.text_embeds.to(device), frames.to(device),
-                emb.video_of_text, shard, len(emb.video_ids), chunk_size=cfg.eval.chunk_size)
+                model.pooling, emb.text_embeds.to(device), emb.frame_embeds.to(device),
+                emb.video_of_text, shard, num_videos, chunk_size=cfg.eval.chunk_size)
     finally:
         cleanup_distributed()
 

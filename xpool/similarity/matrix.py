@@ -29,15 +29,21 @@ def _text_agnostic(pooling: nn.Module, t: Tensor, e: Tensor, chunk_size: int | N
     numbers of ``similarity_matrix`` with the same ``chunk_size``."""
     if e.shape[0] == 0 or t.shape[0] == 0:
         return t.new_zeros(t.shape[0], e.shape[0])
-    # The head ignores the text; one dummy row keeps the call signature.
-    probe = t[:1]
-    pooled = torch.cat(
-        [pooling(probe, e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
-    )
-    t_hat, pooled = F.normalize(t, dim=-1), F.normalize(pooled, dim=-1)
+    t_hat, pooled = F.normalize(t, dim=-1), _pool_each_video(pooling, e, video_chunk)
     if chunk_size is None or chunk_size >= t.shape[0]:
         return t_hat @ pooled.T
     return torch.cat([t_hat[i : i + chunk_size] @ pooled.T for i in range(0, len(t), chunk_size)])
+
+
+def _pool_each_video(pooling: nn.Module, e: Tensor, video_chunk: int = 1024) -> Tensor:
+    """[V, D] unit vectors a text-agnostic head pools for each video, in video chunks (to bound
+    the head's own temporaries). The head ignores the text: one dummy row keeps the call
+    signature."""
+    probe = e[:1, 0]
+    pooled = torch.cat(
+        [pooling(probe, e[i : i + video_chunk]) for i in range(0, e.shape[0], video_chunk)]
+    )
+    return F.normalize(pooled, dim=-1)
 
 
 def plain_similarity_matrix(
@@ -152,8 +158,7 @@ class GalleryScorer:
             if isinstance(pooling, XPool):
                 self._factors = XPoolFactors(pooling, e)
             elif not pooling.text_conditioned:
-                pooled = torch.cat([pooling(e[:1, 0], e[i : i + 1024]) for i in range(0, len(e), 1024)])
-                self._pooled = F.normalize(pooled, dim=-1)
+                self._pooled = _pool_each_video(pooling, e)
 
     def score(self, text_embeds: Tensor, candidates: Tensor) -> Tensor:
         """[T, K] cosines of text i with video ``candidates[i, k]`` (-inf where the index is -1)."""
