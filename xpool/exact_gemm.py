@@ -57,8 +57,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xpool.config import GEMM_MODES
 from xpool.errors import XPoolError
+from xpool.exact_math import MATH_KERNELS, MATH_REFUSED
 
-__all__ = ["exact_bmm", "exact_gemm", "exact_gemm_active", "gemm_mode"]
+__all__ = ["exact_bmm", "exact_gemm", "exact_gemm_active", "gemm_key", "gemm_mode"]
+
+# Bump when an exact kernel's bits change, so caches made by the old kernels are not reused.
+# 2: sqrt, exp and log computed without MKL's vector math (xpool.exact_math).
+EXACT_VERSION = 2
 
 MAX_BITS = 22
 MIN_BITS = 16
@@ -262,9 +267,10 @@ _REFUSED = ("addbmm", "addbmm.out", "vdot", "_addmm_activation")
 
 
 def _refuse(name: str) -> Callable[..., object]:
+    hint = "mm/bmm" if name in _REFUSED else "sqrt, exp or log (xpool.exact_math)"
     def kernel(*args: object, **kwargs: object) -> object:
-        raise XPoolError(f"gemm: exact has no kernel for aten::{name}; rewrite the call with "
-                         f"mm/bmm, or set gemm: native")
+        raise XPoolError(f"gemm: exact has no vendor-independent kernel for aten::{name}; "
+                         f"rewrite the call with {hint}, or set gemm: native")
     return kernel
 
 
@@ -273,9 +279,9 @@ def _register() -> torch.library.Library:
     with warnings.catch_warnings():
         # "Overriding a previously registered kernel": the point of this module.
         warnings.simplefilter("ignore", UserWarning)
-        for name, kernel in _KERNELS.items():
+        for name, kernel in {**_KERNELS, **MATH_KERNELS}.items():
             lib.impl(name, kernel, "CPU")
-        for name in _REFUSED:
+        for name in _REFUSED + MATH_REFUSED:
             lib.impl(name, _refuse(name), "CPU")
     return lib
 
@@ -309,6 +315,11 @@ def exact_gemm() -> Iterator[None]:
             if _depth == 0 and _registration is not None:
                 _registration._destroy()
                 _registration = None
+
+
+def gemm_key(mode: str) -> str:
+    """What a cache key records of `model.gemm`: the mode, and for "exact" its kernels' version."""
+    return f"exact-v{EXACT_VERSION}" if mode == "exact" else mode
 
 
 @contextmanager

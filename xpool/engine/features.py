@@ -29,7 +29,7 @@ from xpool.engine.embed import Embeddings, embed_texts, embed_videos
 from xpool.engine.pretrain import resolve_pretrained
 from xpool.engine.setup import pick_device, torch_threads
 from xpool.errors import FileReadError, XPoolError
-from xpool.exact_gemm import gemm_mode
+from xpool.exact_gemm import gemm_key, gemm_mode
 from xpool.integrity import file_sha256
 from xpool.io import atomic_write_text, torch_load, torch_save
 from xpool.model.backbone import build_backbone
@@ -52,7 +52,7 @@ def features_dir(cfg: Config) -> Path:
         if getattr(cfg.data, k) != getattr(defaults, k):
             key[k] = getattr(cfg.data, k)
     if cfg.model.gemm != "native":
-        key["gemm"] = cfg.model.gemm
+        key["gemm"] = gemm_key(cfg.model.gemm)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return resolve("cache") / "features" / f"{cfg.data.corpus}-{digest}"
 

@@ -45,7 +45,7 @@ from xpool.data.transforms import VideoTransform, transform_for
 from xpool.determinism import STUDY_THREADS
 from xpool.engine.setup import cosine_with_warmup, torch_threads
 from xpool.errors import ConfigError, TrainingError, XPoolError
-from xpool.exact_gemm import gemm_mode
+from xpool.exact_gemm import gemm_key, gemm_mode
 from xpool.integrity import tensors_sha256
 from xpool.io import atomic_write, atomic_write_text, read_json, torch_save, write_json
 from xpool.losses import symmetric_infonce
@@ -84,7 +84,7 @@ def cache_key(config: Config) -> str:
         "pretrain_version": PRETRAIN_VERSION,
     }
     if config.model.gemm != "native":  # keys of native caches unchanged
-        payload["gemm"] = config.model.gemm
+        payload["gemm"] = gemm_key(config.model.gemm)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
