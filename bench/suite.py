@@ -30,7 +30,8 @@ from xpool.io import atomic_write_text, read_json
 __all__ = ["BENCHMARKS", "available_benchmarks", "main", "run_benchmarks", "write_summary"]
 
 # The suite, in run order (cheap ones first). Other `bench/*.py` scripts run after these.
-BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage")
+BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage",
+              "exact_math")
 # index_vitb32 is a one-off measurement (no --quick, no JSON), run by hand; not part of the suite.
 _NOT_BENCHMARKS = {"__init__", "common", "suite", "index_vitb32"}
 BENCH_DIR = REPO_ROOT / "bench"

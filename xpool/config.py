@@ -28,9 +28,10 @@ from xpool.paths import resolve
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
-# How float32 matrix products run on the CPU: "native" (torch's MKL and oneDNN kernels, which
-# pick their code path by CPU vendor and model) or "exact" (computed exactly and rounded once,
-# the same bits on every x86-64 CPU; see xpool.exact_gemm).
+# How float32 matrix products (and sqrt, exp, log) run on the CPU: "native" (torch's MKL and
+# oneDNN kernels, which pick their code path by CPU vendor and model) or "exact" (computed exactly,
+# or from ATen's own kernels in float64, and rounded once: the same bits on every x86-64 CPU; see
+# xpool.exact_gemm and xpool.exact_math).
 GEMM_MODES = ("native", "exact")
 # The pooling heads, in the order tables list them (the one copy of these names).
 POOLINGS = ("mean", "self_attention", "topk", "attention", "xpool")
@@ -128,8 +129,8 @@ class ModelConfig:
     # layers and position embedding, as CLIP4Clip) or "random" (CLIP4Clip's own init_weights).
     sa_init: str = "random"
     frozen: bool = False
-    # "native" or "exact" (GEMM_MODES above): the CPU's float32 matrix products and convolutions
-    # of pretraining, feature extraction, training and evaluation. The embedded profiles use
+    # "native" or "exact" (GEMM_MODES above): the CPU's float32 matrix products, convolutions and
+    # sqrt/exp/log of pretraining, feature extraction, training and evaluation. The embedded profiles use
     # "exact", which makes them bit-identical across CPU vendors; GPUs are unaffected.
     gemm: str = "native"
 

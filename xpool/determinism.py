@@ -7,11 +7,12 @@ Three things decide the numbers beyond the code and the lock file:
   `xpool/__init__.py`, before torch loads); `native` (or unset) lets torch choose. The cap is set
   by `make reproduce`, `make figures`, `make test` and the `xpool` Jupyter kernel, never by the
   benchmarks; every run's `environment.json` records the capability torch actually used.
-- **the BLAS.** MKL and oneDNN, which do torch's float32 matrix products and convolutions on
-  the CPU, choose code paths by CPU vendor and model under any cap: an Intel Xeon and an AMD
-  EPYC gave different pretrained tiny CLIPs with the cap on. `model.gemm: exact` (the embedded
-  profiles) computes those products exactly instead, so no vendor code decides a bit
-  (`xpool.exact_gemm`).
+- **the vendor libraries.** MKL and oneDNN, which do torch's float32 matrix products and
+  convolutions on the CPU, and MKL's vector math, which does its `sqrt`, `exp`, `log` and a few
+  more, choose code paths by CPU vendor and model under any cap: an Intel Xeon and an AMD EPYC
+  gave different pretrained tiny CLIPs with the cap on. `model.gemm: exact` (the embedded
+  profiles) computes those products exactly and those functions from ATen's own kernels instead,
+  so no vendor code decides a bit (`xpool.exact_gemm`, `xpool.exact_math`).
 - **thread counts.** A reduction split over 1 or 2 threads rounds differently, so pretraining and
   feature extraction run with STUDY_THREADS threads whatever the machine has (frozen heads run
   with one, see `xpool.study.runner.HEAD_THREADS`).

@@ -3,9 +3,10 @@
 Why: torch hands every float32 matrix product on the CPU (`mm`, `addmm`, `bmm`, `baddbmm`, the
 convolutions) to Intel's MKL or to oneDNN. Both choose their kernels, blocking and summation order
 by CPU vendor, model and cache size, below the instruction-set caps of `xpool.determinism`: the
-same capped run gave one pretrained tiny CLIP on an Intel Xeon and another on an AMD EPYC. Every
-other op the study runs is ATen's own code, which at a fixed capability and thread count executes
-the same instructions on both.
+same capped run gave one pretrained tiny CLIP on an Intel Xeon and another on an AMD EPYC. The
+unary ops MKL's vector math computes (`sqrt`, `exp`, `log`, ...) are replaced in the same block,
+by `xpool.exact_math`. Every other op the study runs is ATen's own code, which at a fixed
+capability and thread count executes the same instructions on both.
 
 How: `gemm: exact` replaces those kernels, for float32 CPU tensors, with products computed
 *exactly* and rounded once. Each operand is rounded to `b` significant bits against a power-of-two

@@ -31,8 +31,12 @@ Every other op VML computes (tanh, erf, erfc, erfinv, log2, log10, tan, asin, ac
 refused in exact mode with an error that says what to do, so a new call cannot bring a vendor
 path back silently; `tests/test_exact_math.py` audits the study's passes for them.
 
-Cost: three or four passes over float64 copies instead of one over float32; Adam's `sqrt` over
-the tiny CLIP's 1.4 M parameters is the largest call (bench: `python -m bench.exact_math`).
+Cost: a few passes over float64 copies instead of one over float32. `python -m bench.exact_math
+--quick` (one thread, another job on the second core) measured, for 1.4 M values (the tiny CLIP's
+parameters, the largest call the study makes: Adam's `sqrt` in fine-tuning), 20 ms against 0.9 ms
+for `sqrt`, 15 ms against 0.9 ms for `exp`, 45 ms against 1.1 ms for `log`; a fine-tuning step
+takes about 5 s in exact mode, so this is under 1% of it. The same run counted 9,143 of torch's
+1.4 M `sqrt` results off IEEE's correctly rounded value and none of the exact ones.
 """
 
 from __future__ import annotations
