@@ -173,3 +173,12 @@ def test_a_changed_video_is_regenerated(tmp_path: Path) -> None:
     generate_corpus(cfg, root, progress=False)
     assert video.read_bytes() == original
     assert file_sha256(video) == meta["video_sha256"][video.stem]
+
+
+def test_cpu_state_records_the_mkl_branch_requested(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xpool.determinism import cpu_state
+
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert cpu_state()["mkl_cbwr"] == "COMPATIBLE"
+    monkeypatch.delenv("MKL_CBWR")
+    assert cpu_state()["mkl_cbwr"] is None

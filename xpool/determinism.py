@@ -84,6 +84,8 @@ def cpu_state() -> dict[str, Any]:
     return {
         "torch_cpu_capability": torch_capability(),
         "cpu_isa_cap": {k: os.environ.get(k) for k in CAP_VARIABLES},
+        # MKL's code branch, when forced: it decides native products and math, not exact ones.
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "cpu_avx512": any(f.startswith("avx512") for f in flags),
         "cpu_flags": " ".join(flags),
     }
