@@ -130,8 +130,9 @@ class ModelConfig:
     sa_init: str = "random"
     frozen: bool = False
     # "native" or "exact" (GEMM_MODES above): the CPU's float32 matrix products, convolutions and
-    # sqrt/exp/log of pretraining, feature extraction, training and evaluation. The embedded profiles use
-    # "exact", which makes them bit-identical across CPU vendors; GPUs are unaffected.
+    # sqrt/exp/log of pretraining, feature extraction, training and evaluation. The embedded
+    # profiles use "exact", which makes them bit-identical across CPU vendors; GPUs are
+    # unaffected.
     gemm: str = "native"
 
 

@@ -58,7 +58,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xpool.config import GEMM_MODES
 from xpool.errors import XPoolError
-from xpool.exact_math import MATH_KERNELS, MATH_REFUSED
+from xpool.exact_math import MATH_FUNCTIONS, MATH_REFUSED
 
 __all__ = ["exact_bmm", "exact_gemm", "exact_gemm_active", "gemm_key", "gemm_mode"]
 
@@ -249,6 +249,13 @@ def _convolution_backward(grad: Tensor, inp: Tensor, weight: Tensor,
     return grad_in, grad_w, grad_b
 
 
+def _inplace(kernel: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The in-place form of a unary functional kernel."""
+    def inplace_kernel(x: Tensor) -> Tensor:
+        return x.copy_(kernel(x))
+    return inplace_kernel
+
+
 def _into(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """The out= form of a functional kernel."""
     def out_kernel(*args: Tensor, out: Tensor, **kwargs: float) -> Tensor:
@@ -262,9 +269,14 @@ _KERNELS: dict[str, Callable[..., object]] = {
     "dot": _dot, "convolution": _convolution, "convolution_backward": _convolution_backward,
     "mm.out": _into(_mm), "addmm.out": _into(_addmm), "bmm.out": _into(_bmm),
     "mv.out": _into(_mv), "addmv.out": _into(_addmv), "dot.out": _into(_dot),
+    # sqrt, exp, log (xpool.exact_math), each in its three forms.
+    **{f"{op}{form}": wrap(fn) for op, fn in MATH_FUNCTIONS.items()
+       for form, wrap in (("", lambda f: f), ("_", _inplace), (".out", _into))},
 }
 # Products with no exact kernel here: an error rather than a silent vendor kernel.
 _REFUSED = ("addbmm", "addbmm.out", "vdot", "_addmm_activation")
+# The rest of MKL's vector math (xpool.exact_math), each in its three forms.
+_MATH_REFUSED = tuple(f"{op}{form}" for op in MATH_REFUSED for form in ("", "_", ".out"))
 
 
 def _refuse(name: str) -> Callable[..., object]:
@@ -280,9 +292,9 @@ def _register() -> torch.library.Library:
     with warnings.catch_warnings():
         # "Overriding a previously registered kernel": the point of this module.
         warnings.simplefilter("ignore", UserWarning)
-        for name, kernel in {**_KERNELS, **MATH_KERNELS}.items():
+        for name, kernel in _KERNELS.items():
             lib.impl(name, kernel, "CPU")
-        for name in _REFUSED + MATH_REFUSED:
+        for name in _REFUSED + _MATH_REFUSED:
             lib.impl(name, _refuse(name), "CPU")
     return lib
 

@@ -23,13 +23,14 @@ results are the same on every MKL branch), in float64, rounded once to float32:
 - `exp(x) = exp2(x * log2(e))` in float64: the product's rounding error is at most |x| * 2**-53
   relative in the result (|x| < 104 wherever exp(x) is a normal-range float32), far below
   float32's half unit, so the result is the correctly rounded exp(x) except within about
-  2**-45 of a midpoint (about 1 value in 2**20; those round to the other neighbour).
+  2**-45 of a midpoint, where it may round to the other neighbour (none of 2**20 test values).
 - `log(x) = log1p(m - 1) + e * ln 2` with x = m * 2**e, m in [sqrt(1/2), sqrt(2)): m - 1 is
   exact in float64 and the two terms never cancel (|log m| <= 0.35 < |e ln 2| when e != 0).
 
 Every other op VML computes (tanh, erf, erfc, erfinv, log2, log10, tan, asin, acos, atan) is
 refused in exact mode with an error that says what to do, so a new call cannot bring a vendor
-path back silently; `tests/test_exact_math.py` audits the study's passes for them.
+path back silently: `tests/test_exact_gemm.py`'s audit of the study's passes, which runs them in
+exact mode, would fail on one.
 
 Cost: a few passes over float64 copies instead of one over float32. `python -m bench.exact_math
 --quick` (one thread, another job on the second core) measured, for 1.4 M values (the tiny CLIP's
@@ -49,7 +50,7 @@ from torch import Tensor
 
 from xpool.errors import XPoolError
 
-__all__ = ["MATH_KERNELS", "MATH_REFUSED", "exact_exp", "exact_log", "exact_sqrt"]
+__all__ = ["MATH_FUNCTIONS", "MATH_REFUSED", "exact_exp", "exact_log", "exact_sqrt"]
 
 F64 = torch.float64
 LOG2E = 1.0 / math.log(2.0)
@@ -93,23 +94,10 @@ def exact_log(x: Tensor) -> Tensor:
     return (torch.log1p(m - 1) + e * LN2).to(torch.float32)
 
 
-def _forms(name: str, fn: Callable[[Tensor], Tensor]) -> dict[str, Callable[..., Tensor]]:
-    """The functional, in-place and out= kernels of one unary op."""
-    def inplace(x: Tensor) -> Tensor:
-        return x.copy_(fn(x))
-
-    def out_form(x: Tensor, *, out: Tensor) -> Tensor:
-        result = fn(x)
-        return out.resize_(result.shape).copy_(result)
-
-    return {name: fn, f"{name}_": inplace, f"{name}.out": out_form}
-
-
-MATH_KERNELS: dict[str, Callable[..., Tensor]] = {
-    **_forms("sqrt", exact_sqrt), **_forms("exp", exact_exp), **_forms("log", exact_log),
+# aten op -> its exact function; `xpool.exact_gemm` registers the functional, in-place and out=
+# forms of each.
+MATH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sqrt": exact_sqrt, "exp": exact_exp, "log": exact_log,
 }
 # The rest of what VML computes in torch's CPU kernels: an error in exact mode, not a vendor path.
-MATH_REFUSED: tuple[str, ...] = tuple(
-    form for op in ("tanh", "erf", "erfc", "erfinv", "log2", "log10", "tan", "asin", "acos",
-                    "atan")
-    for form in (op, f"{op}_", f"{op}.out"))
+MATH_REFUSED = ("tanh", "erf", "erfc", "erfinv", "log2", "log10", "tan", "asin", "acos", "atan")
