@@ -31,7 +31,7 @@ __all__ = ["BENCHMARKS", "available_benchmarks", "main", "run_benchmarks", "writ
 
 # The suite, in run order (cheap ones first). Other `bench/*.py` scripts run after these.
 BENCHMARKS = ("reproduce", "decode", "dataloader", "train_step", "similarity", "twostage",
-              "exact_math")
+              "exact_math", "exact_conv")
 # index_vitb32 is a one-off measurement (no --quick, no JSON), run by hand; not part of the suite.
 _NOT_BENCHMARKS = {"__init__", "common", "suite", "index_vitb32"}
 BENCH_DIR = REPO_ROOT / "bench"

@@ -146,3 +146,14 @@ def test_reproduce_bench_reads_first_and_cached_runs(tmp_path: Path) -> None:
     first, cached = data["headline"]
     assert first["value"] == 600.0 and first["target"] == "<= 5 min" and first["met"] is False
     assert cached["value"] == 30.0 and data["results"]["first_over_cached"] == 20.0
+
+
+def test_exact_conv_bench_times_every_tiny_clip_convolution(tmp_path: Path) -> None:
+    from bench import exact_conv
+
+    assert exact_conv.main(["--quick", "--out", str(tmp_path), "--repeats", "1"]) == 0
+    data = json.loads((tmp_path / "exact_conv.json").read_text())
+    rows = data["tables"][0]["rows"]
+    # The tower's 19 convolutions (3 in the stem, 4 bottlenecks of 3 plus a downsample), a total.
+    assert len(rows) == 20 and rows[0][0] == "conv1" and rows[-1][0] == "all layers"
+    assert all(h["value"] > 0 for h in data["headline"])

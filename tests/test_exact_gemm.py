@@ -259,3 +259,20 @@ def test_embedded_profiles_run_exact_and_key_their_caches_by_it() -> None:
     native = load_config("embedded", {"model.gemm": "native"})
     assert cache_key(cfg) != cache_key(native)
     assert features_dir(cfg) != features_dir(native)
+
+
+@pytest.mark.parametrize(("shape", "kernel", "stride", "padding", "dilation"), [
+    ((2, 3, 64, 64), 3, (2, 2), (1, 1), (1, 1)),   # the tiny CLIP's stem
+    ((2, 8, 17, 15), 3, (1, 1), (1, 1), (1, 1)),   # odd sides
+    ((2, 16, 8, 8), 1, (1, 1), (0, 0), (1, 1)),    # bottleneck 1x1
+    ((1, 4, 13, 12), (3, 2), (2, 1), (2, 0), (2, 1)),  # every argument uneven
+])
+def test_patches_equal_atens_im2col_bit_for_bit(shape, kernel, stride, padding, dilation) -> None:
+    from xpool.exact_gemm import _patches
+
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    want = torch.ops.aten.im2col(x, [kh, kw], list(dilation), list(padding), list(stride))
+    got = _patches(x, kh, kw, stride, padding, dilation)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    assert torch.equal(got, want.double())

@@ -243,3 +243,34 @@ def test_torch_threads_limits_and_restores_the_thread_count():
     with pytest.raises(RuntimeError), torch_threads(1):
         raise RuntimeError("the count is restored on errors too")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("overrides", "threads"), [
+    ({"model.gemm": "exact"}, "study"),
+    ({"model.gemm": "exact", "model.frozen": True}, "head"),
+    ({"model.gemm": "native"}, "machine"),
+])
+def test_exact_cpu_runs_train_with_a_fixed_thread_count(workdir, overrides, threads):
+    # Bit-identity (model.gemm: exact) needs the same reductions on a 2-core and an 8-core
+    # machine: the run's own count, not torch's default, which is the machine's.
+    import json
+
+    from xpool.determinism import HEAD_THREADS, STUDY_THREADS
+    from xpool.engine.train import train
+
+    before = torch.get_num_threads()
+    losses = []
+    try:
+        for outer in (1, 3):
+            torch.set_num_threads(outer)
+            cfg = smoke(**overrides, **{"output.run_name": f"threads-{threads}-{outer}"})
+            record = train(cfg, progress=False)
+            used = json.loads((record.run_dir / "environment.json").read_text())["torch_threads"]
+            want = {"study": STUDY_THREADS, "head": HEAD_THREADS, "machine": outer}[threads]
+            assert used == want
+            assert torch.get_num_threads() == outer  # restored after the run
+            losses.append(_losses(record))
+    finally:
+        torch.set_num_threads(before)
+    if threads != "machine":
+        assert losses[0] == losses[1]

@@ -13,9 +13,9 @@ Three things decide the numbers beyond the code and the lock file:
   gave different pretrained tiny CLIPs with the cap on. `model.gemm: exact` (the embedded
   profiles) computes those products exactly and those functions from ATen's own kernels instead,
   so no vendor code decides a bit (`xpool.exact_gemm`, `xpool.exact_math`).
-- **thread counts.** A reduction split over 1 or 2 threads rounds differently, so pretraining and
-  feature extraction run with STUDY_THREADS threads whatever the machine has (frozen heads run
-  with one, see `xpool.study.runner.HEAD_THREADS`).
+- **thread counts.** A reduction split over 1 or 2 threads rounds differently, so pretraining,
+  feature extraction and, with `model.gemm: exact` on the CPU, fine-tuning run with
+  STUDY_THREADS threads whatever the machine has; frozen heads run with HEAD_THREADS.
 
 `python -m xpool.determinism --kernel-env NAME` adds the cap to an installed Jupyter kernel's
 `kernel.json` (what `make setup` runs).
@@ -40,6 +40,9 @@ STUDY_CAPABILITY = "AVX2"
 # Intra-op threads of pretraining and feature extraction (the machines the study targets have 2
 # cores; a count fixed here, not the machine's, keeps the reductions' rounding the same).
 STUDY_THREADS = 2
+# Intra-op threads of a frozen head's training: its tensors are tiny, where one thread is also the
+# fastest (no synchronisation per op), and the study trains two heads at a time instead.
+HEAD_THREADS = 1
 CAP_VARIABLES = ("XPOOL_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 

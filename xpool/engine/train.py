@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from xpool.config import Config
 from xpool.data.datasets import TrainDataset, collate_train
 from xpool.data.splits import ensure_data, eval_split, load_split
 from xpool.data.transforms import transform_for
+from xpool.determinism import HEAD_THREADS, STUDY_THREADS
 from xpool.engine.distributed import (
     DistInfo,
     any_rank,
@@ -52,6 +54,7 @@ from xpool.engine.setup import (
     rng_state,
     seed_everything,
     set_rng_state,
+    torch_threads,
 )
 from xpool.errors import TrainingError, XPoolError
 from xpool.exact_gemm import gemm_mode
@@ -100,11 +103,21 @@ def train(cfg: Config, resume: bool = False, fresh: bool = False,
                 print(f"[xpool] removed {len(removed)} temporary files left by an interrupted "
                       f"write in {record.run_dir}")
         barrier(info)
-        with gemm_mode(cfg.model.gemm):
+        with _fixed_threads(cfg, device), gemm_mode(cfg.model.gemm):
             return _train(cfg, record, device, info, resume and not fresh, progress)
     finally:
         lock.release()
         cleanup_distributed()
+
+
+def _fixed_threads(cfg: Config, device: torch.device) -> AbstractContextManager[None]:
+    """Where `model.gemm: exact` promises the same bits on any machine, a CPU run uses a fixed
+    intra-op thread count (STUDY_THREADS fine-tuned, HEAD_THREADS frozen), not the machine's:
+    the reductions outside the products round differently with 1 and 2 threads (measured: a
+    fine-tuned run's losses part by step 8). Elsewhere torch keeps its own count."""
+    if device.type != "cpu" or cfg.model.gemm != "exact":
+        return nullcontext()
+    return torch_threads(HEAD_THREADS if cfg.model.frozen else STUDY_THREADS)
 
 
 def _train(cfg: Config, record: RunRecord, device: torch.device, info: DistInfo, resume: bool,

@@ -30,6 +30,7 @@ from typing import Any
 from xpool.config import Config, load_config
 from xpool.data.splits import ensure_data, eval_split, load_split
 from xpool.data.synthetic import ensure_corpus, load_meta
+from xpool.determinism import HEAD_THREADS
 from xpool.engine.features import extract_features, feature_key, feature_path, verify_features
 from xpool.engine.pretrain import cache_path, ensure_pretrained, verify_checkpoint
 from xpool.engine.runs import RunRecord
@@ -50,8 +51,6 @@ MODES = ("finetune", "frozen")
 # profiles make the same changes to the paper recipe).
 FROZEN_LR_FACTOR = 10.0
 FROZEN_EPOCH_FACTOR = 3
-# Threads while a frozen-mode head trains (see Study._train).
-HEAD_THREADS = 1
 # Frozen-mode heads of one grid train this many at a time, each in its own process with
 # HEAD_THREADS threads: a head is too small to use two cores, two heads use both. The environment
 # variable XPOOL_HEAD_WORKERS overrides it (the test suite sets 1: its runs take about a second,
