@@ -358,3 +358,29 @@ def test_kernels_start_without_the_transport_warning(tmp_path):
     assert "without encryption" not in res.stderr and "WARNING" not in res.stderr, res.stderr
     out = nbformat.read(tmp_path / "b.ipynb", as_version=4)
     assert out.cells[-1].outputs[0]["text"] == "42\n"
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_protocol_notebook_executes_fine_tuned(tmp_path):
+    # `make reproduce PROFILE=embedded-finetune-protocol` runs notebook 10 with the backbone
+    # fine-tuned (mode None: as the profile says), where no head is deterministic; the smoke
+    # profile fine-tunes too. Two seeds keep the tier short.
+    from xpool.notebook_exec import run_notebook
+
+    assert rp.notebook_parameters("embedded-finetune-protocol", "10_protocol")["mode"] is None
+    out = tmp_path / "smoke"
+    params = {"profile": "smoke", "output_dir": str(out), "mode": None, "seeds": [0, 1],
+              "evals_per_epoch": 2, "val_videos": 4, "n_boot": 200}
+    seconds, failure = run_notebook(str(NB_DIR / "10_protocol.ipynb"),
+                                    str(tmp_path / "10_protocol.ipynb"), params, "xpool",
+                                    str(ROOT))
+    assert failure is None, failure
+    proto = pd.read_csv(out / "tables" / "protocol.csv")
+    assert set(proto["rule"]) == {"test_best", "test_window", "val", "last"}
+    assert set(proto["pooling"]) == {"mean", "self_attention", "topk", "attention", "xpool"}
+    assert (proto["evaluations"] == 2).all()  # smoke: 1 fine-tuned epoch x 2 evaluations
+    _check_metrics(proto.assign(R10=100.0, MdR=1.0, MnR=1.0), max_rank=12 * 2)
+    config = (next((out / "runs").glob("mean-seed0-*")) / "config.yaml").read_text()
+    assert "frozen: false" in config
+    assert (out / "figures" / "protocol.png").stat().st_size > 1000
