@@ -80,16 +80,13 @@ def _bits(k: int) -> int:
     return min(MAX_BITS, (52 - math.ceil(math.log2(max(k, 2)))) // 2)
 
 
-def _quantize(x: Tensor, dims: Sequence[int], bits: int,
-              dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def _quantize(x: Tensor, dims: Sequence[int], bits: int) -> tuple[Tensor, Tensor]:
     """(q, s): q holding integers |q| <= 2**bits and float64 powers of two s with x ~= q * s,
     one scale per slice of `x` over `dims` (the summed dimensions).
 
-    q is float32 (which holds those integers exactly, bits <= 22 < 24) where patches are
-    extracted from it, which then moves half the bytes, and float64 (`dtype`) where it goes
-    straight into the product: the scaling writes float64 as it goes, one pass fewer than a
-    conversion after it, with the same values (scaling by a power of two is exact, and what
-    float32 flushes towards zero rounds to 0 either way). The scales come from the float32 exponent field of each
+    q stays float32, which holds those integers exactly (bits <= 22 < 24): the copies and
+    patch extraction before the product then move half the bytes, and the conversion to
+    float64 at the product is exact. The scales come from the float32 exponent field of each
     slice's largest magnitude (E, so top < 2**(E - 126)), written straight into float bit
     patterns: exact, and few ops, which is what a small product costs here. E is floored at
     bits - 1 so that all-zero or subnormal slices get a finite scale (2**127) instead of
@@ -99,8 +96,7 @@ def _quantize(x: Tensor, dims: Sequence[int], bits: int,
     biased = (top.view(torch.int32) >> 23).clamp_(min=bits - 1)
     up = ((bits + 253 - biased) << 23).view(torch.float32)  # 2**(bits - E + 126)
     down = ((biased.to(torch.int64) + (1023 - 126 - bits)) << 52).view(F64)  # its inverse
-    out = None if dtype == x.dtype else torch.empty_like(x, dtype=dtype)
-    return torch.mul(x, up, out=out).round_(), down
+    return torch.mul(x, up).round_(), down
 
 
 def exact_bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -113,9 +109,9 @@ def exact_bmm(a: Tensor, b: Tensor) -> Tensor:
         for k0 in range(step, k, step):
             out.add_(exact_bmm(a[..., k0:k0 + step], b[..., k0:k0 + step, :]))
         return out
-    qa, sa = _quantize(a, (-1,), bits, F64)
-    qb, sb = _quantize(b, (-2,), bits, F64)
-    return _f64_bmm(qa, qb).mul_(sa).mul_(sb)
+    qa, sa = _quantize(a, (-1,), bits)
+    qb, sb = _quantize(b, (-2,), bits)
+    return _f64_bmm(qa.to(F64), qb.to(F64)).mul_(sa).mul_(sb)
 
 
 def _f64_bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -220,9 +216,9 @@ def _convolution(inp: Tensor, weight: Tensor, bias: Tensor | None, stride: Seque
     # Scales shared along the summed (c, kh, kw): one per sample, one per output channel. The
     # input is rounded before the patches are taken, which only copies.
     qx, sx = _quantize(inp, (1, 2, 3), bits)
-    qw, sw = _quantize(weight.reshape(o, -1), (1,), bits, F64)
+    qw, sw = _quantize(weight.reshape(o, -1), (1,), bits)
     cols = _patches(qx, kh, kw, stride, padding, dilation)
-    out = _f64_bmm(qw.expand(n, -1, -1), cols)
+    out = _f64_bmm(qw.to(F64).expand(n, -1, -1), cols)
     out.mul_(sw).mul_(sx.view(n, 1, 1))
     if bias is not None:
         out.add_(bias.to(F64).view(1, -1, 1))
@@ -253,13 +249,14 @@ def _convolution_backward(grad: Tensor, inp: Tensor, weight: Tensor,
             raise XPoolError(f"gemm: exact convolution weight gradient over {n * oh * ow} "
                              f"positions exceeds the exact range; use a smaller batch or "
                              f"gemm: native")
-        qg, sg = _quantize(grad, (0, 2, 3), bits, F64)
+        qg, sg = _quantize(grad, (0, 2, 3), bits)
         qx, sx = _quantize(inp, (0, 2, 3), bits)
         cols = _patches(qx, kh, kw, stride, padding, dilation)  # [N, C*kh*kw, L]
         # One product per sample, then the sum over samples: every partial sum of the whole
         # N * L terms is an exact integer (bits were chosen for N * L), so splitting the sum
         # there changes no bit and saves transposing copies of the patches.
-        prod = _f64_bmm(qg.reshape(n, o, -1), cols.transpose(1, 2)).sum(0)
+        lhs = qg.reshape(n, o, -1).to(F64)
+        prod = _f64_bmm(lhs, cols.transpose(1, 2)).sum(0)
         prod = prod.view(o, c, kh * kw).mul_(sg.view(o, 1, 1)).mul_(sx.view(1, c, 1))
         grad_w = prod.to(torch.float32).view_as(weight)
     if output_mask[2]:
