@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from xpool.errors import XPoolError
+from xpool.malloc import keep_freed_memory
 from xpool.paths import project_root
 
 PROFILE_HELP = "a profile name from xpool/profiles/ (e.g. smoke, embedded, paper-msrvtt9k) or a YAML path"
@@ -263,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that train, extract or evaluate on the CPU: glibc keeps freed memory for them and for
+# the processes they start (xpool.malloc; `bench` measures the machine's defaults).
+KEEP_FREED_MEMORY = ("synth", "extract-features", "train", "eval", "reproduce")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `xpool` console script."""
     parser = build_parser()
@@ -274,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stray or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.command in KEEP_FREED_MEMORY:
+        keep_freed_memory()
     try:
         return args.func(args)
     except XPoolError as e:
