@@ -62,3 +62,11 @@ def test_reproduction_check_compares_with_the_committed_version(tmp_path):
     report, equal = reproduction_check(tables.parent)
     assert not equal and "1 of 2" in report and "R1 at k=y: 2.5 vs 2.0" in report
     assert (tables.parent / "reproduction_check.md").read_text() == report
+    # A table no commit holds: a first run, said so, not "0 of 0 equal".
+    (tables / "b.csv").write_text("k,R1\nx,1.0\n")
+    report, equal = reproduction_check(tables.parent)
+    assert not equal and "**Not all equal**: 1 of 2" in report
+    assert "| b | - | - | not committed: nothing to compare with |" in report
+    (tables / "a.csv").unlink()
+    report, equal = reproduction_check(tables.parent)
+    assert not equal and "**Nothing to compare with**" in report and "Not all equal" not in report

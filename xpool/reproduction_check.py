@@ -123,10 +123,15 @@ def reproduction_check(profile_dir: str | Path) -> tuple[str, bool]:
     all_equal = bool(checks) and all(c.all_equal for c in checks) and artifacts_equal
     equal = sum(c.equal for c in checks)
     total = sum(c.total for c in checks)
-    lines = [f"# Reproduction check: {profile_dir.name}", "",
-             ("**All equal**: every number of every table and every digest equals the committed "
-              "one." if all_equal else
-              f"**Not all equal**: {equal} of {total} table numbers equal the committed ones."),
+    if all_equal:
+        headline = ("**All equal**: every number of every table and every digest equals the "
+                    "committed one.")
+    elif not any(c.total for c in checks):
+        headline = ("**Nothing to compare with**: no table of this profile is committed, so "
+                    "these results are the first; commit them to make them the reference.")
+    else:
+        headline = f"**Not all equal**: {equal} of {total} table numbers equal the committed ones."
+    lines = [f"# Reproduction check: {profile_dir.name}", "", headline,
              "", "| table | equal | numbers | largest difference (here vs committed) |",
              "|---|---|---|---|"]
     for c in checks:
