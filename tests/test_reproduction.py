@@ -67,6 +67,11 @@ def test_reproduction_check_compares_with_the_committed_version(tmp_path):
     report, equal = reproduction_check(tables.parent)
     assert not equal and "**Not all equal**: 1 of 2" in report
     assert "| b | - | - | not committed: nothing to compare with |" in report
+    # Committed but with another layout: no number compared, yet not "nothing to compare with".
+    (tables / "a.csv").write_text("k,R1,R5\nx,1.5,3.0\n")
+    (tables / "b.csv").unlink()
+    report, equal = reproduction_check(tables.parent)
+    assert not equal and "**Not all equal**: 0 of 0" in report and "layout differs" in report
     (tables / "a.csv").unlink()
     report, equal = reproduction_check(tables.parent)
     assert not equal and "**Nothing to compare with**" in report and "Not all equal" not in report

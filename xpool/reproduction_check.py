@@ -113,11 +113,13 @@ def reproduction_check(profile_dir: str | Path) -> tuple[str, bool]:
     """(markdown report, all equal) for `results/<profile>/`; also writes the report there."""
     profile_dir = Path(profile_dir)
     checks: list[TableCheck] = []
+    committed_tables = 0
     for csv in sorted((profile_dir / "tables").glob("*.csv")):
         text = committed_text(csv)
         if text is None:
             checks.append(TableCheck(csv.stem, note="not committed: nothing to compare with"))
             continue
+        committed_tables += 1
         checks.append(compare_tables(pd.read_csv(csv), pd.read_csv(io.StringIO(text)), csv.stem))
     artifact_lines, artifacts_equal = check_artifacts(profile_dir)
     all_equal = bool(checks) and all(c.all_equal for c in checks) and artifacts_equal
@@ -126,7 +128,7 @@ def reproduction_check(profile_dir: str | Path) -> tuple[str, bool]:
     if all_equal:
         headline = ("**All equal**: every number of every table and every digest equals the "
                     "committed one.")
-    elif not any(c.total for c in checks):
+    elif not committed_tables:
         headline = ("**Nothing to compare with**: no table of this profile is committed, so "
                     "these results are the first; commit them to make them the reference.")
     else:
