@@ -157,3 +157,23 @@ def test_exact_conv_bench_times_every_tiny_clip_convolution(tmp_path: Path) -> N
     # The tower's 19 convolutions (3 in the stem, 4 bottlenecks of 3 plus a downsample), a total.
     assert len(rows) == 20 and rows[0][0] == "conv1" and rows[-1][0] == "all layers"
     assert all(h["value"] > 0 for h in data["headline"])
+
+
+def test_pretrain_budget_bench_pretrains_each_variant_and_the_half_resolution_tower(
+        tmp_path: Path) -> None:
+    """`pretrain_budget --quick`: both quick variants pretrain (4 steps) and are scored; the
+    32-px variant really builds a 32-px image tower."""
+    from bench import pretrain_budget
+    from xpool.model.backbone import build_backbone
+
+    assert pretrain_budget.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "pretrain_budget.json").read_text())
+    rows = data["tables"][0]["rows"]
+    assert [r[0] for r in rows] == list(pretrain_budget.QUICK_VARIANTS)
+    for name in pretrain_budget.QUICK_VARIANTS:
+        r = data["results"][name]
+        assert r["pretrain_s"] > 0 and 0 <= r["mean_pool_t2v_R1"] <= 100
+        assert 0 <= r["i2t_R1"] <= 100 and 0 <= r["t2i_R1"] <= 100
+    assert build_backbone("xpool-tiny-32px", pretrained=None).image_size == 32
+    with pytest.raises(SystemExit):
+        pretrain_budget.main(["--quick", "--out", str(tmp_path), "--variants", "nope"])
