@@ -130,4 +130,8 @@ def test_math_and_optimizer_steps_do_not_depend_on_mkl_s_code_branch() -> None:
     exact = {b: _on_branch("exact", b) for b in ("AUTO", "COMPATIBLE", "AVX2")}
     assert len(set(exact.values())) == 1, exact
     native = {_on_branch("native", b) for b in ("AUTO", "COMPATIBLE")}
-    assert len(native) == 2, "control: MKL's branches gave equal native sqrt/exp/log here"
+    if len(native) == 1:
+        # Seen on an AMD EPYC (Zen 4): MKL runs the same vector-math code under both settings
+        # there, so the exact kernels' equality above shows nothing this CPU could have broken.
+        pytest.skip("control unavailable: MKL's AUTO and COMPATIBLE branches give equal native "
+                    "sqrt/exp/log on this CPU (the test is meaningful on an Intel CPU)")
