@@ -3,10 +3,11 @@ embedded profile's own settings.
 
 Pretraining is the one serial step of the embedded study (about 150 s on the 2-core Intel Xeon
 and 260 s on the AMD EPYC in exact mode), so a shorter one is the first place to look for time.
-Each variant pretrains from scratch into a temporary cache (nothing under ``cache/`` is touched;
-its corpus is generated, or reused, under ``data/`` as the study's are), and the record gives its pretraining seconds, its held-out single-scene R@1 both ways and frozen
-mean pooling's text-to-video R@1 on the K=3 test split, the numbers
-``python -m xpool.engine.pretrain_check`` prints. The half-resolution variant uses a copy of
+Each variant pretrains from scratch into a temporary cache (nothing under ``cache/`` is
+touched; its corpus is generated, or reused, under ``data/`` as the study's are), and the record
+gives its pretraining seconds, its held-out single-scene R@1 both ways and frozen mean pooling's
+text-to-video R@1 on the K=3 test split: what ``python -m xpool.engine.pretrain_check`` prints,
+by the same function. The half-resolution variant uses a copy of
 ``xpool-tiny`` with a 32-px image tower, registered from a temporary folder for this process
 only, on a corpus rendered at 32 px.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,12 @@ def register_half_resolution(folder: Path) -> None:
 def run_variant(overrides: dict[str, Any], cache_dir: Path) -> dict[str, float]:
     """Pretrain one variant into `cache_dir`; its seconds, held-out R@1 and frozen mean pooling."""
     from xpool.config import load_config
-    from xpool.data.synthetic import ensure_corpus
-    from xpool.engine.evaluate import evaluate_frozen_mean_pool
-    from xpool.engine.pretrain import ensure_pretrained, load_metrics
+    from xpool.engine.pretrain_check import pretrain_and_check
 
     config = load_config("embedded", {**overrides, "pretrain.cache_dir": str(cache_dir)})
-    ensure_corpus(config, progress=False)
-    start = time.perf_counter()
-    ckpt = ensure_pretrained(config, progress=False)
-    wall = time.perf_counter() - start
-    pre = load_metrics(config)
-    frozen = evaluate_frozen_mean_pool(config, ckpt, num_frames=config.data.num_frames)
-    return {"pretrain_s": pre["train_seconds"], "wall_s": wall, "i2t_R1": pre["i2t_R1"],
-            "t2i_R1": pre["t2i_R1"], "mean_pool_t2v_R1": frozen["R1"]}
+    _, _, pre, frozen = pretrain_and_check(config, config.data.num_frames, progress=False)
+    return {"pretrain_s": pre["train_seconds"], "i2t_R1": pre["i2t_R1"], "t2i_R1": pre["t2i_R1"],
+            "mean_pool_t2v_R1": frozen["R1"]}
 
 
 def main(argv: list[str] | None = None) -> int:

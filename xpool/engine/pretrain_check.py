@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
-from xpool.config import load_config
+from xpool.config import Config, load_config
 from xpool.data.synthetic import ensure_corpus
 from xpool.engine.evaluate import evaluate_frozen_mean_pool
 from xpool.engine.pretrain import ensure_pretrained, load_metrics
 
-__all__ = ["main"]
+__all__ = ["main", "pretrain_and_check"]
+
+
+def pretrain_and_check(config: Config, frames: int = 8,
+                       progress: bool = True) -> tuple[Path, float, dict[str, Any], dict[str, float]]:
+    """(corpus root, its seconds in this call, pretraining metrics, frozen mean pooling's
+    text-to-video metrics over `frames` frames): the corpus and the tiny CLIP made or reused."""
+    start = time.perf_counter()
+    root = ensure_corpus(config, progress=progress)
+    gen_seconds = time.perf_counter() - start
+    ckpt = ensure_pretrained(config, progress=progress)
+    frozen = evaluate_frozen_mean_pool(config, ckpt, num_frames=frames)
+    return root, gen_seconds, load_metrics(config), frozen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="frames per video for the check")
     args = parser.parse_args(argv)
     config = load_config(args.profile, args.overrides)
-    start = time.perf_counter()
-    root = ensure_corpus(config)
-    gen_seconds = time.perf_counter() - start
-    ckpt = ensure_pretrained(config)
-    pre = load_metrics(config)
-    frozen = evaluate_frozen_mean_pool(config, ckpt, num_frames=args.frames)
+    root, gen_seconds, pre, frozen = pretrain_and_check(config, args.frames)
     print(f"corpus {root} (K={config.synth.scenes}, this call {gen_seconds:.1f}s)")
     print(
         f"pretraining ({pre['train_seconds']:.0f}s when trained): held-out R@1 image->text "
