@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PROFILE ?= embedded
+PROFILE ?= embedded-quick
 PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 # Bit-identical results across CPUs: torch's CPU kernels capped at AVX2 (see xpool/determinism.py)
@@ -18,7 +18,7 @@ help:  ## list the targets
 	@echo
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: PROFILE=embedded (reproduce/figures), FRESH=1 (reproduce: retrain even the runs this machine made), QUICK=1 (bench)"
+	@echo "Variables: PROFILE=embedded-quick (reproduce/figures/report; PROFILE=embedded: the full study), FRESH=1 (reproduce: retrain even the runs this machine made), QUICK=1 (bench)"
 
 setup:  ## create .venv, install the package (editable, dev extras) from the lock, register the 'xpool' Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ test:  ## ruff + import contracts (lint-imports) + the whole test suite (unit, i
 lint:  ## ruff only
 	$(VENV)/bin/ruff check .
 
-reproduce:  ## train every run of PROFILE (default embedded) on this machine, then compare with the committed results
+reproduce:  ## train every run of PROFILE (default embedded-quick, under 5 min; embedded: the full study) on this machine, then compare with the committed results
 	$(STUDY_ENV) $(VENV)/bin/xpool reproduce $(PROFILE) $(if $(FRESH),--fresh)
 
 figures:  ## re-render tables and figures of PROFILE from the committed run records (no training)

@@ -208,6 +208,33 @@ def test_notebook_selection_per_profile():
     assert params == {"mode": None, "seeds": [0], "frames": [], "heads": []}
 
 
+def test_quick_profile_is_the_default_and_the_embedded_study_made_small():
+    import inspect
+
+    from xpool import cli
+    from xpool.config import load_config
+    from xpool.model.backbone import build_backbone
+
+    quick, full = load_config("embedded-quick"), load_config("embedded")
+    # The same recipe and exact GEMM; a half-width image tower, fewer steps and videos.
+    assert quick.model.gemm == full.model.gemm == "exact"
+    assert (quick.train, quick.eval) == (full.train, full.eval)
+    assert (quick.synth.num_train, quick.synth.num_test) == (200, full.synth.num_test)
+    assert (quick.pretrain.steps, full.pretrain.steps) == (200, 300)
+    widths = [build_backbone(name, pretrained=None).model.visual.conv1.out_channels
+              for name in ("xpool-mini", "xpool-tiny")]
+    assert widths == [4, 8]  # open_clip's stem starts at width // 2
+    assert rp.notebooks_for(quick) == rp.notebooks_for(full)
+    assert rp.notebook_parameters("embedded-quick", "01_msrvtt_9k") == {"seeds": [0]}
+    assert rp.notebook_parameters("embedded-quick", "10_protocol")["seeds"] == [0, 1]
+    # `make reproduce`, `xpool reproduce` and `xpool.report` all default to it.
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nPROFILE ?= embedded-quick\n" in makefile
+    assert inspect.signature(rp.reproduce).parameters["profile"].default == "embedded-quick"
+    args = cli.build_parser().parse_args(["reproduce"])
+    assert args.profile == "embedded-quick"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -384,3 +411,30 @@ def test_protocol_notebook_executes_fine_tuned(tmp_path):
     config = (next((out / "runs").glob("mean-seed0-*")) / "config.yaml").read_text()
     assert "frozen: false" in config
     assert (out / "figures" / "protocol.png").stat().st_size > 1000
+
+
+@needs_kernel
+def test_notebooks_in_a_shared_kernel_start_from_an_empty_namespace(tmp_path):
+    from xpool.notebook_exec import run_notebook, shared_kernel
+
+    def notebook(name: str, *sources: str) -> str:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+        nb.metadata["kernelspec"] = {"name": "xpool", "display_name": "Python (xpool)",
+                                     "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+        return str(tmp_path / name)
+
+    first = notebook("a.ipynb", "import os, matplotlib.pyplot as plt\nleak = 1\n"
+                                "fig = plt.figure()\nprint(os.getpid())")
+    second = notebook("b.ipynb", "import os\nimport matplotlib.pyplot as plt\n"
+                                 "print(os.getpid(), 'leak' in globals(), len(plt.get_fignums()))")
+    with shared_kernel("xpool", str(tmp_path)) as shared:
+        assert run_notebook(first, str(tmp_path / "a.out.ipynb"), {}, "xpool", str(tmp_path),
+                            shared)[1] is None
+        assert shared.cpu_seconds() > 0
+        assert run_notebook(second, str(tmp_path / "b.out.ipynb"), {}, "xpool", str(tmp_path),
+                            shared)[1] is None
+    pid = nbformat.read(tmp_path / "a.out.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    out = nbformat.read(tmp_path / "b.out.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    # The same process, but none of the first notebook's names or figures.
+    assert out.split() == [pid.strip(), "False", "0"]

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("reproduce", help="run every notebook of a profile with papermill")
-    p.add_argument("profile", nargs="?", default="embedded", help=PROFILE_HELP)
+    p.add_argument("profile", nargs="?", default="embedded-quick", help=PROFILE_HELP)
     p.add_argument("--fresh", action="store_true", help="recompute finished runs")
     p.add_argument("--figures-only", action="store_true",
                    help="re-render tables and figures from saved runs, no training")

@@ -31,7 +31,7 @@ from xpool.determinism import STUDY_ISA, cap_cpu_isa
 from xpool.engine.runs import LOCAL_MARKER, cpu_model
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
-from xpool.notebook_exec import INTERRUPTED, run_notebook
+from xpool.notebook_exec import INTERRUPTED, SharedKernel, run_notebook, shared_kernel
 from xpool.report import build_report
 
 # The modules that load torch (the study, the synthetic corpus, pretraining) are imported inside
@@ -97,6 +97,13 @@ PROFILE_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
                           "05_pooling_ablation": {"frames": [], "heads": []}},
     # The protocol study with the tiny CLIP fine-tuned: 3 seeds (see its profile for the time).
     "embedded-finetune-protocol": {"*": {"mode": None, "seeds": [0, 1, 2]}},
+    # Under 5 minutes from a clean clone (see its profile): the smallest grids that still give
+    # every table and figure, with two seeds where a spread or a paired bootstrap over seeds is
+    # the point.
+    "embedded-quick": {"*": {"seeds": [0]},
+                       "05_pooling_ablation": {"seeds": [0, 1], "frames": [4], "heads": [8]},
+                       "06_subregion_study": {"ks": [1, 2, 3]},
+                       "10_protocol": {"seeds": [0, 1], "evals_per_epoch": 2, "val_videos": 50}},
 }
 # Profiles that run a subset of the notebooks `notebooks_for` would choose.
 PROFILE_NOTEBOOKS: dict[str, tuple[str, ...]] = {
@@ -166,7 +173,7 @@ def _count_finished(runs_dir: Path) -> int:
     return sum(1 for _ in runs_dir.glob("*/metrics.json")) if runs_dir.is_dir() else 0
 
 
-def reproduce(profile: str = "embedded", fresh: bool = False, figures_only: bool = False,
+def reproduce(profile: str = "embedded-quick", fresh: bool = False, figures_only: bool = False,
               results_dir: str | Path = "results", notebooks_dir: str | Path = "notebooks",
               only: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
               kernel: str = KERNEL, log: Callable[[str], None] = print) -> int:
@@ -312,20 +319,42 @@ def _phases(jobs: list[_Job], figures_only: bool) -> list[list[_Job]]:
 def _run_notebooks(phases: list[list[_Job]], total: int, tally: _Tally, out: Path, again: str,
                    log: Callable[[str], None]) -> None:
     """Run the phases in order until one fails or is interrupted (`again`: the command that
-    continues after an interrupt)."""
+    continues after an interrupt). Notebooks that run one at a time share one kernel."""
+    jobs = [job for phase in phases for job in phase]
+    if not jobs or any(len(phase) > 1 for phase in phases):
+        _run_phases(phases, total, tally, out, again, log, None)
+        return
+    try:
+        with shared_kernel(jobs[0].kernel, jobs[0].cwd) as shared:
+            _run_phases(phases, total, tally, out, again, log, shared)
+    except KeyboardInterrupt:  # while the kernel starts or shuts down
+        if tally.failure is None:
+            tally.failure = "interrupted"
+            tally.status = 130
+    except Exception as e:  # the kernel does not start: say so, and which command sets it up
+        if tally.failure is None:
+            hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
+            tally.failure = f"the notebook kernel could not start: {type(e).__name__}: {e}{hint}"
+            tally.status = 1
+            log(f"[reproduce] FAILED: {tally.failure}")
+
+
+def _run_phases(phases: list[list[_Job]], total: int, tally: _Tally, out: Path, again: str,
+                log: Callable[[str], None], shared: SharedKernel | None) -> None:
     done = 0
     for phase in phases:
         if not phase:
             continue
         for k, job in enumerate(phase):
             log(f"[reproduce] [{done + k + 1}/{total}] {job.name} ...")
-        c = _cpu_seconds()
+        c = _cpu_seconds() + (shared.cpu_seconds() if shared else 0.0)
         try:
-            outcomes = _run_phase(phase)
+            outcomes = _run_phase(phase, shared)
         except KeyboardInterrupt:
             outcomes = [(phase[0].name, 0.0, INTERRUPTED)]
         if len(phase) == 1:
-            tally.cpu_times[phase[0].name] = round(_cpu_seconds() - c, 1)
+            used = _cpu_seconds() + (shared.cpu_seconds() if shared else 0.0) - c
+            tally.cpu_times[phase[0].name] = round(used, 1)
         _tally_phase(outcomes, done, total, tally, out, again, log)
         done += len(outcomes)
         if tally.failure:
@@ -354,11 +383,13 @@ def _tally_phase(outcomes: list[tuple[str, float, str | None]], done: int, total
             log(f"[reproduce] [{i}/{total}] {name} done in {seconds:.1f} s")
 
 
-def _run_phase(phase: list[_Job]) -> list[tuple[str, float, str | None]]:
-    """Execute a phase's notebooks: in this process when alone, else in worker processes."""
+def _run_phase(phase: list[_Job], shared: SharedKernel | None) -> list[tuple[str, float, str | None]]:
+    """Execute a phase's notebooks: from this process when alone (in the `shared` kernel where
+    given), else from worker processes, each notebook in a kernel of its own."""
     if len(phase) == 1:
         job = phase[0]
-        return [(job.name, *run_notebook(job.src, job.dst, job.params, job.kernel, job.cwd))]
+        return [(job.name, *run_notebook(job.src, job.dst, job.params, job.kernel, job.cwd,
+                                         shared))]
     pool = ProcessPoolExecutor(max_workers=min(FIGURES_WORKERS, len(phase)))
     try:
         futures = [(j.name, pool.submit(run_notebook, j.src, j.dst, j.params, j.kernel, j.cwd))

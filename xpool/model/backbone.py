@@ -5,12 +5,14 @@ Importing this module registers the project's tiny open_clip configs (``xpool/mo
 - ``xpool-tiny``: open_clip's ModifiedResNet image tower (64 px, one bottleneck block per stage,
   stem width 16, attention pooling) and a 2-layer text transformer (width 128, 4 heads, 32 tokens,
   CLIP's 49,408-token BPE vocabulary), embed_dim 128. Pretrains contrastively on 2 CPU cores in
-  80 s (6.5 minutes with the embedded profile's exact GEMM). A ViT tower of the same cost did not
+  about 80 s (150-250 s with the embedded profile's exact GEMM, by CPU). A ViT tower of the same cost did not
   learn shape and motion within that budget; the convolutional stem did. The tower has BatchNorm, which in
   training normalises over all frames of the batch.
+- ``xpool-mini``: ``xpool-tiny`` with half its image-tower width (stem width 8), for the
+  ``embedded-quick`` profile: its exact-GEMM pretraining steps cost about half as much.
 - ``xpool-smoke``: a ViT tower at 32 px (patch 8, width 64, 2 layers), embed_dim 64, for tests.
 
-Both use open_clip's own tokenizer (``open_clip.get_tokenizer``), which ships its vocabulary with
+All use open_clip's own tokenizer (``open_clip.get_tokenizer``), which ships its vocabulary with
 the package, so nothing is downloaded.
 """
 
@@ -40,7 +42,7 @@ from xpool.model.hf_clip import (
 __all__ = ["CONFIG_DIR", "TINY_MODELS", "ClipBackbone", "build_backbone"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TINY_MODELS = ("xpool-tiny", "xpool-smoke")
+TINY_MODELS = ("xpool-tiny", "xpool-mini", "xpool-smoke")
 
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -219,7 +221,7 @@ def build_backbone(
 
     Args:
         model_name: any open_clip architecture (``ViT-B-32``) or a tiny project config
-            (``xpool-tiny``, ``xpool-smoke``).
+            (``xpool-tiny``, ``xpool-mini``, ``xpool-smoke``).
         pretrained: an open_clip tag (``openai``), a path to a local checkpoint (OpenAI's
             TorchScript release, an open_clip state dict, a saved ``ClipBackbone`` state dict, a
             Hugging Face ``CLIPModel`` folder with ``model.safetensors`` or
