@@ -17,8 +17,10 @@ from typing import Any
 
 from bench.common import REPO_ROOT, BenchReport, bench_parser
 
-# Issue 18: the first embedded `make reproduce` within 5 minutes on 2 CPU cores; smoke within 3.
-BUDGET_S = {"embedded": 5 * 60, "smoke": 3 * 60}
+# Issue 18: the first `make reproduce` within 5 minutes on 2 CPU cores (its default profile,
+# embedded-quick; the full embedded study is held to the same figure and does not meet it);
+# smoke within 3.
+BUDGET_S = {"embedded-quick": 5 * 60, "embedded": 5 * 60, "smoke": 3 * 60}
 KINDS = ("first", "cached", "partial", "figures_only")
 
 
@@ -47,7 +49,7 @@ def latest_runs(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Report reproduce timings; writes results/bench[/quick]/reproduce.json."""
     parser = bench_parser(__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--profile", default="embedded-quick")
     parser.add_argument("--record", default=None,
                         help="read this reproduce_record.json instead of results/<profile>/'s")
     parser.add_argument("--run", action="store_true",

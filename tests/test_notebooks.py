@@ -216,11 +216,12 @@ def test_quick_profile_is_the_default_and_the_embedded_study_made_small():
     from xpool.model.backbone import build_backbone
 
     quick, full = load_config("embedded-quick"), load_config("embedded")
-    # The same recipe and exact GEMM; a half-width image tower, fewer steps and videos.
+    # The same recipe and exact GEMM; a half-width image tower, fewer steps, epochs and videos.
     assert quick.model.gemm == full.model.gemm == "exact"
-    assert (quick.train, quick.eval) == (full.train, full.eval)
+    assert quick.eval == full.eval and quick.train.lr_new == full.train.lr_new
+    assert (quick.train.epochs, full.train.epochs) == (2, 3)
     assert (quick.synth.num_train, quick.synth.num_test) == (200, full.synth.num_test)
-    assert (quick.pretrain.steps, full.pretrain.steps) == (200, 300)
+    assert (quick.pretrain.steps, full.pretrain.steps) == (150, 300)
     widths = [build_backbone(name, pretrained=None).model.visual.conv1.out_channels
               for name in ("xpool-mini", "xpool-tiny")]
     assert widths == [4, 8]  # open_clip's stem starts at width // 2
