@@ -536,6 +536,20 @@ def test_reproduce_stops_quietly_on_ctrl_c(workdir, tmp_path, monkeypatch):
         rp.INTERRUPTED
 
 
+def test_reproduce_names_a_kernel_that_does_not_start(workdir, tmp_path):
+    import xpool.reproduce as rp
+
+    lines: list[str] = []
+    code = rp.reproduce("smoke", results_dir=tmp_path, notebooks_dir=ROOT / "notebooks",
+                        only=["07_figures"], kernel="no-such-kernel", log=lines.append)
+    assert code == 1
+    failed = [x for x in lines if "FAILED" in x]
+    assert failed and "notebook kernel could not start" in failed[0]
+    assert "no-such-kernel" in failed[0] and "make setup" in failed[0]
+    record = json.loads((tmp_path / "smoke" / "reproduce_record.json").read_text())
+    assert record["latest"]["status"] == "failed"
+
+
 # ----------------------------------------------------------------------------- 8. downloads
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,18 +326,20 @@ def _run_notebooks(phases: list[list[_Job]], total: int, tally: _Tally, out: Pat
         _run_phases(phases, total, tally, out, again, log, None)
         return
     try:
-        with shared_kernel(jobs[0].kernel, jobs[0].cwd) as shared:
+        with ExitStack() as stack:
+            try:
+                shared = stack.enter_context(shared_kernel(jobs[0].kernel, jobs[0].cwd))
+            except Exception as e:  # no kernel: say so, and which command registers it
+                hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
+                tally.failure = f"the notebook kernel could not start: {type(e).__name__}: {e}{hint}"
+                tally.status = 1
+                log(f"[reproduce] FAILED: {tally.failure}")
+                return
             _run_phases(phases, total, tally, out, again, log, shared)
     except KeyboardInterrupt:  # while the kernel starts or shuts down
         if tally.failure is None:
             tally.failure = "interrupted"
             tally.status = 130
-    except Exception as e:  # the kernel does not start: say so, and which command sets it up
-        if tally.failure is None:
-            hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
-            tally.failure = f"the notebook kernel could not start: {type(e).__name__}: {e}{hint}"
-            tally.status = 1
-            log(f"[reproduce] FAILED: {tally.failure}")
 
 
 def _run_phases(phases: list[list[_Job]], total: int, tally: _Tally, out: Path, again: str,
