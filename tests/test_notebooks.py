@@ -435,6 +435,12 @@ def test_notebooks_in_a_shared_kernel_start_from_an_empty_namespace(tmp_path):
         assert shared.cpu_seconds() > 0
         assert run_notebook(second, str(tmp_path / "b.out.ipynb"), {}, "xpool", str(tmp_path),
                             shared)[1] is None
+        # A kernel that died (say, out of memory) fails the next notebook with a message.
+        shared.km.provisioner.process.kill()
+        shared.km.provisioner.process.wait()
+        failure = run_notebook(second, str(tmp_path / "c.out.ipynb"), {}, "xpool",
+                               str(tmp_path), shared)[1]
+        assert failure and "shared kernel does not answer" in failure
     pid = nbformat.read(tmp_path / "a.out.ipynb", as_version=4).cells[0].outputs[0]["text"]
     out = nbformat.read(tmp_path / "b.out.ipynb", as_version=4).cells[0].outputs[0]["text"]
     # The same process, but none of the first notebook's names or figures.

@@ -7,9 +7,9 @@ names the failing cell, or `INTERRUPTED` for a Ctrl-C, whichever way the kernel 
 `shared_kernel` starts one kernel for a sequence of notebooks. A kernel start and the study's
 imports (torch, open_clip, pandas, matplotlib) take about 9 s, and the frozen heads' worker
 processes, which live in the kernel, about as long again; a fresh kernel per notebook paid both
-for each of the study's notebooks. Each notebook still starts from an empty namespace (IPython's
-`%reset -f` and no open figures), so a notebook that runs in the shared kernel runs the same
-alone, as the test suite and JupyterLab run it.
+for each of the study's notebooks. Each notebook still starts from an empty namespace (the
+previous notebook's names deleted, its figures closed), so a notebook that runs in the shared
+kernel runs the same alone, as the test suite and JupyterLab run it.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def run_notebook(src: str, dst: str, params: dict[str, Any], kernel: str, cwd: s
     t = time.time()
     try:
         with _quiet_kernel_shutdown():
-            if shared is not None:
-                shared.reset()
+            problem = shared.reset() if shared is not None else None
+            if problem:
+                return round(time.time() - t, 1), problem
             return _papermill(pm, src, dst, params, kernel, cwd, t, shared)
     except KeyboardInterrupt:
         return round(time.time() - t, 1), INTERRUPTED
@@ -145,8 +146,9 @@ class SharedKernel:
     km: Any  # EncryptedKernelManager with a started kernel
     _clients: list[Any]
 
-    def reset(self) -> None:
-        """Empty the kernel's namespace: the next notebook starts as in a fresh kernel."""
+    def reset(self) -> str | None:
+        """Empty the kernel's namespace, so the next notebook starts as in a fresh kernel.
+        Returns None, or why it could not (a kernel that died or stopped answering)."""
         from jupyter_core.utils import run_sync
 
         kc = self.km.client()
@@ -155,10 +157,14 @@ class SharedKernel:
             run_sync(kc.wait_for_ready)(timeout=60)
             reply = run_sync(kc.execute_interactive)(_RESET, store_history=False,
                                                      output_hook=lambda msg: None, timeout=60)
+        except (RuntimeError, TimeoutError) as e:
+            return f"could not run: the shared kernel does not answer ({e})"
         finally:
             kc.stop_channels()
         if reply["content"].get("status") != "ok":
-            raise RuntimeError(f"could not reset the shared kernel: {reply['content']}")
+            return (f"could not run: resetting the shared kernel failed with "
+                    f"{reply['content'].get('ename')}: {reply['content'].get('evalue')}")
+        return None
 
     def close_clients(self) -> None:
         """Close the channels of the clients nbclient opened on this kernel."""
