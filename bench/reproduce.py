@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, BenchReport, bench_parser
+from xpool.config import DEFAULT_PROFILE
 
 # Issue 18: the first `make reproduce` within 5 minutes on 2 CPU cores (its default profile,
 # embedded-quick; the full embedded study is held to the same figure and does not meet it);
@@ -49,7 +50,7 @@ def latest_runs(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Report reproduce timings; writes results/bench[/quick]/reproduce.json."""
     parser = bench_parser(__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="embedded-quick")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE)
     parser.add_argument("--record", default=None,
                         help="read this reproduce_record.json instead of results/<profile>/'s")
     parser.add_argument("--run", action="store_true",

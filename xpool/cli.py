@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from xpool.config import DEFAULT_PROFILE
 from xpool.errors import XPoolError
 from xpool.malloc import keep_freed_memory
 from xpool.paths import project_root
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("reproduce", help="run every notebook of a profile with papermill")
-    p.add_argument("profile", nargs="?", default="embedded-quick", help=PROFILE_HELP)
+    p.add_argument("profile", nargs="?", default=DEFAULT_PROFILE, help=PROFILE_HELP)
     p.add_argument("--fresh", action="store_true", help="recompute finished runs")
     p.add_argument("--figures-only", action="store_true",
                    help="re-render tables and figures from saved runs, no training")

@@ -28,6 +28,10 @@ from xpool.paths import resolve
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 CORPORA = ("msrvtt", "msvd", "lsmdc", "synthetic")
+# What `make reproduce`, `xpool reproduce` and `make report` run when no profile is named: the
+# embedded study small enough to retrain in under 5 minutes (the full one is `embedded`). The
+# Makefile's `PROFILE ?=` repeats it; a test holds the two together.
+DEFAULT_PROFILE = "embedded-quick"
 # How float32 matrix products (and sqrt, exp, log) run on the CPU: "native" (torch's MKL and
 # oneDNN kernels, which pick their code path by CPU vendor and model) or "exact" (computed exactly,
 # or from ATen's own kernels in float64, and rounded once: the same bits on every x86-64 CPU; see

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["INTERRUPTED", "SharedKernel", "run_notebook", "shared_kernel"]
+__all__ = ["INTERRUPTED", "SharedKernel", "kernel_failure", "run_notebook", "shared_kernel"]
 
 # The error of a notebook stopped by Ctrl-C (`reproduce` stops the study quietly on it).
 INTERRUPTED = "interrupted"
@@ -36,6 +36,12 @@ def _cell_of(error: Exception) -> str:
     ename = getattr(error, "ename", type(error).__name__)
     evalue = getattr(error, "evalue", str(error))
     return f"{where}: {ename}: {evalue}"
+
+
+def kernel_failure(error: Exception) -> str:
+    """One line for a kernel that could not be started, with the command that registers ours."""
+    hint = " (register the kernel with `make setup`)" if "No such kernel" in str(error) else ""
+    return f"{type(error).__name__}: {error}{hint}"
 
 
 def run_notebook(src: str, dst: str, params: dict[str, Any], kernel: str, cwd: str,
@@ -119,8 +125,7 @@ def _papermill(pm: Any, src: str, dst: str, params: dict[str, Any], kernel: str,
     except Exception as e:  # no kernel, unreadable notebook: still name the notebook
         if _interrupted(e):
             raise
-        hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
-        return round(time.time() - t, 1), f"could not run: {type(e).__name__}: {e}{hint}"
+        return round(time.time() - t, 1), f"could not run: {kernel_failure(e)}"
     return round(time.time() - t, 1), None
 
 

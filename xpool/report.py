@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xpool.config import load_config
+from xpool.config import DEFAULT_PROFILE, load_config
 from xpool.errors import XPoolError
 from xpool.paths import resolve, shown
 
@@ -208,7 +208,7 @@ def build_report(profile_dir: str | Path, log: Callable[[str], None] = print) ->
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m xpool.report [PROFILE]` (what `make report` runs)."""
     ap = argparse.ArgumentParser(prog="python -m xpool.report", description=__doc__.split("\n")[0])
-    ap.add_argument("profile", nargs="?", default="embedded-quick")
+    ap.add_argument("profile", nargs="?", default=DEFAULT_PROFILE)
     ap.add_argument("--results-dir", default=None,
                     help="the folder holding <profile>/ (default: the profile's results/)")
     args = ap.parse_args(argv)

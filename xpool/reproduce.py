@@ -27,12 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from xpool.config import Config, dataset_key, load_config
+from xpool.config import DEFAULT_PROFILE, Config, dataset_key, load_config
 from xpool.determinism import STUDY_ISA, cap_cpu_isa
 from xpool.engine.runs import LOCAL_MARKER, cpu_model
 from xpool.errors import ConfigError, XPoolError
 from xpool.io import read_json, write_json
-from xpool.notebook_exec import INTERRUPTED, SharedKernel, run_notebook, shared_kernel
+from xpool.notebook_exec import (
+    INTERRUPTED,
+    SharedKernel,
+    kernel_failure,
+    run_notebook,
+    shared_kernel,
+)
 from xpool.report import build_report
 
 # The modules that load torch (the study, the synthetic corpus, pretraining) are imported inside
@@ -174,7 +180,7 @@ def _count_finished(runs_dir: Path) -> int:
     return sum(1 for _ in runs_dir.glob("*/metrics.json")) if runs_dir.is_dir() else 0
 
 
-def reproduce(profile: str = "embedded-quick", fresh: bool = False, figures_only: bool = False,
+def reproduce(profile: str = DEFAULT_PROFILE, fresh: bool = False, figures_only: bool = False,
               results_dir: str | Path = "results", notebooks_dir: str | Path = "notebooks",
               only: list[str] | None = None, parameters: Mapping[str, Any] | None = None,
               kernel: str = KERNEL, log: Callable[[str], None] = print) -> int:
@@ -330,8 +336,7 @@ def _run_notebooks(phases: list[list[_Job]], total: int, tally: _Tally, out: Pat
             try:
                 shared = stack.enter_context(shared_kernel(jobs[0].kernel, jobs[0].cwd))
             except Exception as e:  # no kernel: say so, and which command registers it
-                hint = " (register the kernel with `make setup`)" if "No such kernel" in str(e) else ""
-                tally.failure = f"the notebook kernel could not start: {type(e).__name__}: {e}{hint}"
+                tally.failure = f"the notebook kernel could not start: {kernel_failure(e)}"
                 tally.status = 1
                 log(f"[reproduce] FAILED: {tally.failure}")
                 return
@@ -344,20 +349,22 @@ def _run_notebooks(phases: list[list[_Job]], total: int, tally: _Tally, out: Pat
 
 def _run_phases(phases: list[list[_Job]], total: int, tally: _Tally, out: Path, again: str,
                 log: Callable[[str], None], shared: SharedKernel | None) -> None:
+    def cpu() -> float:  # this process, its finished children, and the shared kernel's tree
+        return _cpu_seconds() + (shared.cpu_seconds() if shared else 0.0)
+
     done = 0
     for phase in phases:
         if not phase:
             continue
         for k, job in enumerate(phase):
             log(f"[reproduce] [{done + k + 1}/{total}] {job.name} ...")
-        c = _cpu_seconds() + (shared.cpu_seconds() if shared else 0.0)
+        c = cpu()
         try:
             outcomes = _run_phase(phase, shared)
         except KeyboardInterrupt:
             outcomes = [(phase[0].name, 0.0, INTERRUPTED)]
         if len(phase) == 1:
-            used = _cpu_seconds() + (shared.cpu_seconds() if shared else 0.0) - c
-            tally.cpu_times[phase[0].name] = round(used, 1)
+            tally.cpu_times[phase[0].name] = round(cpu() - c, 1)
         _tally_phase(outcomes, done, total, tally, out, again, log)
         done += len(outcomes)
         if tally.failure:
